@@ -1,0 +1,235 @@
+# sora_sdk — build, test and demo entry points.
+#
+#   make setup            apt packages (vendor/debian-packages.txt) + .venv + .venv-pypy
+#   make build            build/libsora_c.so -> sora_sdk/libsora_c.so + cffi module
+#   make test             setup + build + pytest (CPython venv)
+#   make test PY=pypy3    the same suite under the PyPy venv
+#   make demo | bench | clean | distclean
+#
+# Extra pytest arguments: make test ARGS='-k datachannel -x'  TESTS=tests/test_x.py
+# Extra pip requirements for both venvs: list them in requirements-dev.txt
+# (picked up automatically when it exists) or pass PIP_EXTRA='pkg==1.0'.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+.DELETE_ON_ERROR:
+.SUFFIXES:
+
+# ---------------------------------------------------------------------------
+# Interpreter selection. PY names the base interpreter: anything containing
+# "pypy" selects .venv-pypy, everything else selects the CPython .venv.
+# VENVPY is the venv's python that every target runs.
+# ---------------------------------------------------------------------------
+PY      ?= python3
+CPYTHON ?= python3
+PYPY    ?= pypy3
+ifneq (,$(findstring pypy,$(PY)))
+  PYPY := $(PY)
+  VENV ?= .venv-pypy
+else
+  CPYTHON := $(PY)
+  VENV ?= .venv
+endif
+VENVPY := $(VENV)/bin/python
+
+CPY_VENV  := .venv
+PYPY_VENV := .venv-pypy
+STAMP     := .sora-setup.stamp
+SETUP_VENVS ?= $(CPY_VENV) $(PYPY_VENV)
+
+# Pinned Python packages. numpy 2.0.2 is the newest numpy with PyPy 3.9
+# (pp39-pypy39_pp73 manylinux) wheels, so both venvs use the same numpy.
+NUMPY_VERSION ?= 2.0.2
+PIP_COMMON   := numpy==$(NUMPY_VERSION) pytest==8.4.2 pytest-timeout==2.4.0 setuptools==75.3.2
+PIP_CPYTHON  := $(PIP_COMMON) cffi==1.17.1
+# (no cffi for PyPy: cffi 1.15.1 is built into it)
+PIP_PYPY     := $(PIP_COMMON)
+PIP_EXTRA    ?=
+EXTRA_REQS   := $(wildcard requirements-dev.txt)
+PIP_FLAGS    := --disable-pip-version-check --no-input --progress-bar off
+export PIP_ROOT_USER_ACTION := ignore
+
+# Debian packages (comments stripped).
+DEB_LIST     := vendor/debian-packages.txt
+DEB_PACKAGES := $(shell sed -e 's/\#.*//' $(DEB_LIST) 2>/dev/null)
+SKIP_APT     ?=
+
+# ---------------------------------------------------------------------------
+# C shim
+# ---------------------------------------------------------------------------
+SRC_DIR   ?= csrc/src
+INC_DIR   ?= csrc/include
+BUILD_DIR ?= build
+PKG_DIR   ?= sora_sdk
+FFI_SCRIPT ?= build_ffi.py
+
+C_SRCS   ?= $(wildcard $(SRC_DIR)/*.c)
+CXX_SRCS ?= $(wildcard $(SRC_DIR)/*.cpp)
+OBJS := $(patsubst $(SRC_DIR)/%.c,$(BUILD_DIR)/obj/%.o,$(C_SRCS)) \
+        $(patsubst $(SRC_DIR)/%.cpp,$(BUILD_DIR)/obj/%.cpp.o,$(CXX_SRCS))
+
+ifeq ($(origin CC),default)
+  CC := gcc
+endif
+ifeq ($(origin CXX),default)
+  CXX := g++
+endif
+PKG_MODULES := gstreamer-1.0 gstreamer-webrtc-1.0 gstreamer-sdp-1.0 gstreamer-app-1.0 \
+               gstreamer-video-1.0 gstreamer-audio-1.0 gstreamer-rtp-1.0 gstreamer-pbutils-1.0 nice
+WARN      ?= -Wall -Wextra
+CFLAGS    ?= -O2 -g
+CXXFLAGS  ?= -O2 -g
+SHIM_CFLAGS   := $(CFLAGS) -fPIC $(WARN) -std=gnu11 -fvisibility=hidden -I$(INC_DIR) -I$(SRC_DIR)
+SHIM_CXXFLAGS := $(CXXFLAGS) -fPIC $(WARN) -std=gnu++17 -fvisibility=hidden -I$(INC_DIR) -I$(SRC_DIR)
+LDFLAGS   ?=
+LDLIBS    ?= -lz -ldl -lpthread -lm
+LINK      := $(if $(strip $(CXX_SRCS)),$(CXX),$(CC))
+
+SHIM      := $(BUILD_DIR)/libsora_c.so
+SHIM_PKG  := $(PKG_DIR)/libsora_c.so
+PKG_CFLAGS_FILE := $(BUILD_DIR)/pkg-config.cflags
+PKG_LIBS_FILE   := $(BUILD_DIR)/pkg-config.libs
+# The cffi module is not linked against the shim (sora_sdk/_ffi.py loads it
+# with RTLD_GLOBAL first), so only the script and the public headers matter.
+FFI_DEPS := $(FFI_SCRIPT) $(wildcard $(INC_DIR)/*.h)
+
+.PHONY: all help setup apt-packages venvs build shim ffi test demo bench clean distclean
+
+all: build
+
+help:
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+
+# ---------------------------------------------------------------------------
+# setup
+# ---------------------------------------------------------------------------
+setup: apt-packages $(addsuffix /$(STAMP),$(SETUP_VENVS))
+	@echo "setup: ok ($(SETUP_VENVS))"
+
+# Runs every time but costs one dpkg-query when nothing is missing (works offline).
+apt-packages:
+	@if [ -n "$(SKIP_APT)" ]; then echo "setup: SKIP_APT set, not checking Debian packages"; exit 0; fi
+	@if [ -z "$(strip $(DEB_PACKAGES))" ]; then echo "setup: $(DEB_LIST) is missing or empty" >&2; exit 1; fi
+	@if ! command -v dpkg-query >/dev/null; then \
+	    echo "setup: dpkg-query not found; this Makefile targets Debian 12. Install the packages in $(DEB_LIST) yourself and use SKIP_APT=1" >&2; exit 1; fi
+	@installed=$$(dpkg-query -W -f='$${Package} $${db:Status-Status}\n' $(DEB_PACKAGES) 2>/dev/null \
+	              | awk '$$2 == "installed" {print $$1}' | sort -u || true); \
+	missing=$$(comm -23 <(printf '%s\n' $(DEB_PACKAGES) | sort -u) <(printf '%s\n' "$$installed")); \
+	if [ -z "$$missing" ]; then echo "setup: all $(words $(DEB_PACKAGES)) Debian packages are installed"; exit 0; fi; \
+	missing=$$(echo $$missing); \
+	echo "setup: installing Debian packages: $$missing"; \
+	sudo=; if [ "$$(id -u)" != 0 ]; then sudo=sudo; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt_install() { $$sudo apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 $$missing; }; \
+	if ! apt_install; then \
+	    echo "setup: apt-get install failed; running apt-get update and retrying"; \
+	    $$sudo apt-get update -o Dpkg::Use-Pty=0; apt_install; \
+	fi
+
+venvs: $(addsuffix /$(STAMP),$(SETUP_VENVS))
+
+# (Re)creates the venv when its python is missing or broken, then installs the
+# pinned packages. The stamp is refreshed when the Makefile or
+# requirements-dev.txt changes.
+$(CPY_VENV)/$(STAMP): Makefile $(EXTRA_REQS) | apt-packages
+	@if ! $(CPY_VENV)/bin/python -c 'import sys' >/dev/null 2>&1; then \
+	    command -v $(CPYTHON) >/dev/null || { echo "setup: $(CPYTHON) not found on PATH" >&2; exit 1; }; \
+	    $(CPYTHON) -c 'import sys, platform; assert platform.python_implementation() == "CPython" and sys.version_info >= (3, 9), sys.version' \
+	      || { echo "setup: $(CPYTHON) must be CPython >= 3.9 (3.11 recommended)" >&2; exit 1; }; \
+	    echo "setup: creating $(CPY_VENV) with $$(command -v $(CPYTHON)) ($$($(CPYTHON) -V 2>&1))"; \
+	    rm -rf $(CPY_VENV); \
+	    $(CPYTHON) -m venv $(CPY_VENV) || { rm -rf $(CPY_VENV); \
+	      echo "setup: '$(CPYTHON) -m venv' failed; on Debian install python3-venv (listed in $(DEB_LIST))" >&2; exit 1; }; \
+	fi
+	$(CPY_VENV)/bin/python -m pip install $(PIP_FLAGS) $(PIP_CPYTHON) $(PIP_EXTRA)
+	$(if $(EXTRA_REQS),$(CPY_VENV)/bin/python -m pip install $(PIP_FLAGS) -r $(EXTRA_REQS))
+	$(CPY_VENV)/bin/python -c 'import numpy, cffi, pytest, pytest_timeout; print("setup: $(CPY_VENV):", __import__("sys").version.split()[0], "numpy", numpy.__version__, "cffi", cffi.__version__)'
+	@touch $@
+
+$(PYPY_VENV)/$(STAMP): Makefile $(EXTRA_REQS) | apt-packages
+	@if ! $(PYPY_VENV)/bin/python -c 'import sys' >/dev/null 2>&1; then \
+	    command -v $(PYPY) >/dev/null || { echo "setup: $(PYPY) not found on PATH (Debian package pypy3)" >&2; exit 1; }; \
+	    echo "setup: creating $(PYPY_VENV) with $$(command -v $(PYPY))"; \
+	    rm -rf $(PYPY_VENV); \
+	    $(PYPY) -m venv $(PYPY_VENV) || { rm -rf $(PYPY_VENV); \
+	      echo "setup: '$(PYPY) -m venv' failed; on Debian install pypy3-venv (listed in $(DEB_LIST))" >&2; exit 1; }; \
+	fi
+	$(PYPY_VENV)/bin/python -m pip install $(PIP_FLAGS) $(PIP_PYPY) $(PIP_EXTRA)
+	$(if $(EXTRA_REQS),$(PYPY_VENV)/bin/python -m pip install $(PIP_FLAGS) -r $(EXTRA_REQS))
+	$(PYPY_VENV)/bin/python -c 'import sys, numpy, cffi, pytest, pytest_timeout; assert sys.implementation.name == "pypy"; print("setup: $(PYPY_VENV): PyPy", sys.version.split()[0], "numpy", numpy.__version__, "cffi", cffi.__version__)'
+	@touch $@
+
+# ---------------------------------------------------------------------------
+# build
+# ---------------------------------------------------------------------------
+build: shim ffi
+
+shim: $(SHIM_PKG)
+
+$(PKG_CFLAGS_FILE) $(PKG_LIBS_FILE) &: Makefile | apt-packages
+	@mkdir -p $(BUILD_DIR)
+	pkg-config --cflags $(PKG_MODULES) > $(PKG_CFLAGS_FILE).tmp
+	pkg-config --libs $(PKG_MODULES) > $(PKG_LIBS_FILE).tmp
+	@mv -f $(PKG_CFLAGS_FILE).tmp $(PKG_CFLAGS_FILE)
+	@mv -f $(PKG_LIBS_FILE).tmp $(PKG_LIBS_FILE)
+
+$(BUILD_DIR)/obj/%.o: $(SRC_DIR)/%.c $(PKG_CFLAGS_FILE) Makefile
+	@mkdir -p $(@D)
+	$(CC) $(SHIM_CFLAGS) $$(cat $(PKG_CFLAGS_FILE)) -MMD -MP -c $< -o $@
+
+$(BUILD_DIR)/obj/%.cpp.o: $(SRC_DIR)/%.cpp $(PKG_CFLAGS_FILE) Makefile
+	@mkdir -p $(@D)
+	$(CXX) $(SHIM_CXXFLAGS) $$(cat $(PKG_CFLAGS_FILE)) -MMD -MP -c $< -o $@
+
+$(SHIM): $(OBJS) $(PKG_LIBS_FILE)
+	@if [ -z "$(strip $(OBJS))" ]; then echo "build: no sources in $(SRC_DIR)/*.c" >&2; exit 1; fi
+	$(LINK) -shared -Wl,-soname,libsora_c.so -Wl,--no-undefined -o $@ $(OBJS) $(LDFLAGS) $$(cat $(PKG_LIBS_FILE)) $(LDLIBS)
+
+# Copy via a temporary name + rename so a process that has the old library
+# mapped is not corrupted.
+$(SHIM_PKG): $(SHIM)
+	@mkdir -p $(@D)
+	cp -f $< $@.tmp
+	@mv -f $@.tmp $@
+
+# The cffi module's file name depends on the interpreter's EXT_SUFFIX, so the
+# up-to-date check happens in the recipe.
+ffi: $(SHIM_PKG) $(VENV)/$(STAMP)
+	@test -f $(FFI_SCRIPT) || { echo "build: $(FFI_SCRIPT) not found" >&2; exit 1; }
+	@suffix=$$($(VENVPY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))'); \
+	out=$(PKG_DIR)/_sora_cffi$$suffix; \
+	if [ -f "$$out" ] && [ -z "$$(find $(FFI_DEPS) -newer "$$out" 2>/dev/null)" ]; then \
+	    echo "build: $$out is up to date"; \
+	else \
+	    echo "$(VENVPY) $(FFI_SCRIPT)"; \
+	    $(VENVPY) $(FFI_SCRIPT); \
+	    test -f "$$out" || { echo "build: $(FFI_SCRIPT) did not produce $$out" >&2; exit 1; }; \
+	    touch "$$out"; \
+	fi
+
+-include $(OBJS:.o=.d)
+
+# ---------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------
+TESTS ?= tests
+ARGS  ?=
+PYTEST_TIMEOUT ?= 300
+
+test: setup build
+	$(VENVPY) -m pytest -v --timeout=$(PYTEST_TIMEOUT) $(ARGS) $(TESTS)
+
+demo: setup build
+	$(VENVPY) -m sora_sdk.demo $(ARGS)
+
+bench: setup build
+	$(VENVPY) -m benchmarks.run $(ARGS)
+
+clean:
+	rm -rf $(BUILD_DIR) .pytest_cache *.egg-info
+	rm -f $(SHIM_PKG) $(SHIM_PKG).tmp $(PKG_DIR)/_sora_cffi*.so $(PKG_DIR)/_sora_cffi.c $(PKG_DIR)/_sora_cffi.o _sora_cffi.c _sora_cffi.o
+	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(CPY_VENV) $(PYPY_VENV)

@@ -1,0 +1,234 @@
+/*
+ * sora_c.h -- the C ABI of the sora_sdk engine shim (libsora_c).
+ *
+ * This header is a versioned contract. The Python package loads any library
+ * that exports these symbols (SORA_SDK_LIBRARY=/path/to/libsora_c.so) and
+ * refuses one whose major ABI version differs. tests/abi/ checks that a build
+ * honours the rules written here.
+ *
+ * Rules that hold for every function:
+ *  - Functions return SORA_OK (0) or a negative SORA_ERR_* code. On error a
+ *    human-readable message is available from sora_c_last_error() on the same
+ *    thread until the next failing call on that thread.
+ *  - Handles are opaque. Each handle has exactly one owner, who releases it
+ *    with the matching *_destroy function. Passing NULL where a handle is
+ *    expected returns SORA_ERR_INVALID_ARGUMENT; it never crashes.
+ *  - Strings passed in are UTF-8, NUL-terminated and only borrowed for the
+ *    duration of the call. Strings returned through `char **` out-parameters
+ *    are owned by the caller and released with sora_c_free().
+ *  - Events are delivered on one dispatcher thread per context, in order.
+ *    No callback is ever invoked on an engine streaming thread, and no
+ *    callback of a handle runs after that handle's on_destroy.
+ *  - Every call may block briefly; none of them needs the caller to hold any
+ *    lock, and none calls back into the caller synchronously.
+ */
+#ifndef SORA_C_H
+#define SORA_C_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define SORA_C_API __declspec(dllexport)
+#else
+#define SORA_C_API __attribute__((visibility("default")))
+#endif
+
+/* ABI version: major changes break callers, minor changes only add. */
+#define SORA_C_ABI_MAJOR 1
+#define SORA_C_ABI_MINOR 0
+
+/* ---- error codes ------------------------------------------------------ */
+#define SORA_OK 0
+#define SORA_ERR_INVALID_ARGUMENT (-1) /* a NULL handle, bad value or bad string */
+#define SORA_ERR_INVALID_STATE (-2)    /* the handle is closed or not ready */
+#define SORA_ERR_ENGINE (-3)           /* the media engine refused or failed */
+#define SORA_ERR_TIMEOUT (-4)          /* the engine did not answer in time */
+#define SORA_ERR_NOT_FOUND (-5)        /* no such element, channel or track */
+#define SORA_ERR_UNSUPPORTED (-6)      /* codec or feature not available */
+#define SORA_ERR_NO_MEMORY (-7)        /* allocation failed */
+
+/* ---- directions, used for transceivers -------------------------------- */
+#define SORA_DIRECTION_INACTIVE 0
+#define SORA_DIRECTION_SENDONLY 1
+#define SORA_DIRECTION_RECVONLY 2
+#define SORA_DIRECTION_SENDRECV 3
+
+/* ---- log severities (same numbers as SoraLoggingSeverity) --------------- */
+#define SORA_LOG_VERBOSE 0
+#define SORA_LOG_INFO 1
+#define SORA_LOG_WARNING 2
+#define SORA_LOG_ERROR 3
+#define SORA_LOG_NONE 4
+
+/* ---- events --------------------------------------------------------------
+ * One struct carries every event; which fields are meaningful depends on
+ * `type`. Pointers inside are valid only during the callback.           */
+#define SORA_EVENT_POST 1                 /* i0: token given to sora_context_post */
+#define SORA_EVENT_ICE_CANDIDATE 2        /* i0: m-line index, str0: "candidate:..." */
+#define SORA_EVENT_ICE_GATHERING_STATE 3  /* str0: new | gathering | complete */
+#define SORA_EVENT_ICE_CONNECTION_STATE 4 /* str0: new | checking | connected | completed | failed | disconnected | closed */
+#define SORA_EVENT_CONNECTION_STATE 5     /* str0: new | connecting | connected | disconnected | failed | closed */
+#define SORA_EVENT_TRACK 6                /* i0: track id, str0: kind, str1: mid, str2: msid stream id, i1: m-line */
+#define SORA_EVENT_DATA_CHANNEL_OPEN 7    /* i0: channel id, str0: label, i1: 1 if opened by the remote side */
+#define SORA_EVENT_DATA_CHANNEL_MESSAGE 8 /* i0: channel id, str0: label, data/size: payload, i1: 1 binary, 0 text */
+#define SORA_EVENT_DATA_CHANNEL_CLOSE 9   /* i0: channel id, str0: label */
+#define SORA_EVENT_ERROR 10               /* str0: engine error message, str1: element name */
+#define SORA_EVENT_RTP_PACKET 11          /* i0: track id, data/size: one RTP packet (forwarding taps only) */
+
+typedef struct sora_event {
+  int32_t type;
+  int64_t i0;
+  int64_t i1;
+  const char *str0;
+  const char *str1;
+  const char *str2;
+  const uint8_t *data;
+  size_t size;
+} sora_event;
+
+/* Callbacks of one handle. on_event runs on the dispatcher thread;
+ * on_destroy runs there exactly once, after the handle's last event.      */
+typedef struct sora_callbacks {
+  void *user_data;
+  void (*on_event)(void *user_data, const sora_event *event);
+  void (*on_destroy)(void *user_data);
+} sora_callbacks;
+
+/* ---- opaque handles ---------------------------------------------------- */
+typedef struct sora_context sora_context;           /* engine + dispatcher thread */
+typedef struct sora_peer sora_peer;                 /* one webrtcbin peer connection */
+typedef struct sora_video_source sora_video_source; /* frames pushed by the application */
+typedef struct sora_audio_source sora_audio_source; /* samples pushed by the application */
+
+/* Peer configuration; zero-initialise, then set what you need. */
+typedef struct sora_peer_config {
+  int32_t loopback_only;     /* 1: gather and accept ICE candidates on 127.0.0.1 only */
+  const char *local_address; /* gather on this one local address only (e.g. a netns veth), or NULL */
+  const char *stun_server;   /* "stun://host:port" or NULL */
+  const char *turn_server;   /* "turn(s)://user:pass@host:port" or NULL */
+  int32_t ice_tcp;           /* 1: also gather TCP candidates */
+  uint32_t latency_ms;       /* receive jitter-buffer latency; 0 = engine default */
+} sora_peer_config;
+
+/* Send-side codec setup for one m-line (values as in the negotiated SDP). */
+typedef struct sora_codec_params {
+  const char *codec;         /* "VP8", "VP9", "AV1", "H264", "H265", "OPUS" */
+  int32_t payload_type;      /* RTP payload type from the offer */
+  int32_t clock_rate;        /* 90000 for video, 48000 for Opus */
+  int32_t channels;          /* audio channels on the wire (Opus: 2) */
+  int32_t bitrate_kbps;      /* target bitrate; 0 = engine default */
+  const char *fmtp;          /* the offer's fmtp line for this payload or NULL */
+  int32_t ssrc;              /* 0 = random */
+} sora_codec_params;
+
+/* Data-channel options; -1 means "not set" for the integer fields. */
+typedef struct sora_data_channel_init {
+  int32_t ordered;              /* 1 ordered (default), 0 unordered */
+  int32_t max_packet_life_time; /* ms, or -1 */
+  int32_t max_retransmits;      /* count, or -1 */
+  const char *protocol;         /* sub-protocol or NULL */
+  int32_t negotiated;           /* 1: pre-negotiated with `id` */
+  int32_t id;                   /* SCTP stream id, or -1 */
+} sora_data_channel_init;
+
+/* ---- library ----------------------------------------------------------- */
+/* ABI version of this library as (major << 16) | minor. */
+SORA_C_API uint32_t sora_c_abi_version(void);
+/* Message of the last failed call on this thread ("" if none); valid until the next failing call on this thread. */
+SORA_C_API const char *sora_c_last_error(void);
+/* Human-readable engine name and version, e.g. "GStreamer 1.22.0 webrtcbin". */
+SORA_C_API const char *sora_c_engine_version(void);
+/* 1 if the named engine element (encoder, decoder, ...) can be created, else 0. */
+SORA_C_API int sora_c_element_available(const char *name);
+/* Release a string or buffer returned by this library; NULL is ignored. */
+SORA_C_API void sora_c_free(void *ptr);
+/* Route engine logs of at least `severity` (SORA_LOG_*) to stderr; SORA_LOG_NONE turns them off. */
+SORA_C_API int sora_c_set_log_severity(int32_t severity);
+/* Write one line to the engine log at `severity`. */
+SORA_C_API int sora_c_log(int32_t severity, const char *message);
+
+/* ---- context ----------------------------------------------------------- */
+/* Create a context and start its dispatcher thread; `callbacks` receives SORA_EVENT_POST. */
+SORA_C_API int sora_context_create(const sora_callbacks *callbacks, sora_context **out);
+/* Queue a SORA_EVENT_POST with `token` to the context's dispatcher thread. */
+SORA_C_API int sora_context_post(sora_context *ctx, int64_t token);
+/* 1 if the calling thread is this context's dispatcher thread, else 0. */
+SORA_C_API int sora_context_is_dispatcher_thread(sora_context *ctx);
+/* Destroy peers and sources still alive, drain events, stop the dispatcher, free the context. */
+SORA_C_API int sora_context_destroy(sora_context *ctx);
+
+/* ---- peer connection --------------------------------------------------- */
+/* Create a peer connection (a running webrtcbin pipeline). */
+SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *config,
+                                const sora_callbacks *callbacks, sora_peer **out);
+/* Add a transceiver (offerer side). `caps` is a GStreamer caps string for the codecs offered, or NULL. */
+SORA_C_API int sora_peer_add_transceiver(sora_peer *peer, const char *kind, int32_t direction, const char *caps);
+/* Change the direction of the transceiver at `mline`. */
+SORA_C_API int sora_peer_set_direction(sora_peer *peer, int32_t mline, int32_t direction);
+/* Apply a remote description; `type` is "offer" or "answer". Blocks until applied. */
+SORA_C_API int sora_peer_set_remote_description(sora_peer *peer, const char *type, const char *sdp);
+/* Create an offer, apply it as the local description and return its SDP. */
+SORA_C_API int sora_peer_create_offer(sora_peer *peer, char **sdp_out);
+/* Create an answer, apply it as the local description and return its SDP. */
+SORA_C_API int sora_peer_create_answer(sora_peer *peer, char **sdp_out);
+/* Return the current local description, including gathered candidates. */
+SORA_C_API int sora_peer_get_local_description(sora_peer *peer, char **sdp_out);
+/* Add a remote ICE candidate ("candidate:..." with or without "a=") for `mline`. */
+SORA_C_API int sora_peer_add_ice_candidate(sora_peer *peer, int32_t mline, const char *candidate);
+/* Send frames of `source` on the transceiver at `mline`, encoded as `params` says. */
+SORA_C_API int sora_peer_attach_video_source(sora_peer *peer, sora_video_source *source, int32_t mline,
+                                             const sora_codec_params *params);
+/* Send samples of `source` on the transceiver at `mline`, encoded as `params` says. */
+SORA_C_API int sora_peer_attach_audio_source(sora_peer *peer, sora_audio_source *source, int32_t mline,
+                                             const sora_codec_params *params);
+/* Ask the encoders of this peer for a key frame. */
+SORA_C_API int sora_peer_request_key_frame(sora_peer *peer);
+/* Create a data channel; its id is written to `id_out`. */
+SORA_C_API int sora_peer_create_data_channel(sora_peer *peer, const char *label, const sora_data_channel_init *init,
+                                             int32_t *id_out);
+/* Send one message on an open data channel; `binary` 1 sends binary, 0 sends UTF-8 text. */
+SORA_C_API int sora_peer_send_data(sora_peer *peer, int32_t channel_id, const uint8_t *data, size_t size,
+                                   int32_t binary);
+/* Close a data channel. */
+SORA_C_API int sora_peer_close_data_channel(sora_peer *peer, int32_t channel_id);
+/* Number of data channels of this peer that are open now. */
+SORA_C_API int sora_peer_open_data_channel_count(sora_peer *peer);
+/* Collect statistics as a JSON array of engine stats objects. Blocks until the engine answers. */
+SORA_C_API int sora_peer_get_stats(sora_peer *peer, char **json_out);
+/* Stop media and close the connection; events already queued are still delivered. */
+SORA_C_API int sora_peer_close(sora_peer *peer);
+/* Close (if needed) and release the peer; on_destroy follows on the dispatcher thread. */
+SORA_C_API int sora_peer_destroy(sora_peer *peer);
+
+/* ---- sources ----------------------------------------------------------- */
+/* Create a video source that application frames are pushed into. */
+SORA_C_API int sora_video_source_create(sora_context *ctx, sora_video_source **out);
+/* Push one packed BGR frame (rows of `stride` bytes); it is copied. `timestamp_us` < 0 means now. */
+SORA_C_API int sora_video_source_push_bgr(sora_video_source *source, const uint8_t *data, int32_t width,
+                                          int32_t height, int32_t stride, int64_t timestamp_us);
+/* Push one I420 frame given as three planes with their strides; it is copied. */
+SORA_C_API int sora_video_source_push_i420(sora_video_source *source, const uint8_t *y, int32_t stride_y,
+                                           const uint8_t *u, int32_t stride_u, const uint8_t *v, int32_t stride_v,
+                                           int32_t width, int32_t height, int64_t timestamp_us);
+/* Number of frames accepted by this source so far. */
+SORA_C_API int64_t sora_video_source_frame_count(sora_video_source *source);
+/* Release a video source; peers sending it stop receiving frames. */
+SORA_C_API int sora_video_source_destroy(sora_video_source *source);
+/* Create an audio source for interleaved int16 samples at `sample_rate` with `channels`. */
+SORA_C_API int sora_audio_source_create(sora_context *ctx, int32_t channels, int32_t sample_rate,
+                                        sora_audio_source **out);
+/* Push `samples_per_channel` interleaved int16 frames; copied. `timestamp_us` < 0 means "continue". */
+SORA_C_API int sora_audio_source_push(sora_audio_source *source, const int16_t *samples, size_t samples_per_channel,
+                                      int64_t timestamp_us);
+/* Release an audio source. */
+SORA_C_API int sora_audio_source_destroy(sora_audio_source *source);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SORA_C_H */

@@ -1,0 +1,141 @@
+/* The context: one dispatcher thread that delivers every event in order. */
+#include <string.h>
+
+#include "internal.h"
+
+typedef enum { ITEM_EVENT, ITEM_DESTROY, ITEM_STOP } item_kind;
+
+typedef struct {
+  item_kind kind;
+  sora_handle_base *target;
+  sora_event event; /* strings and data below are owned copies */
+} queue_item;
+
+static void item_free(queue_item *item) {
+  g_free((char *)item->event.str0);
+  g_free((char *)item->event.str1);
+  g_free((char *)item->event.str2);
+  g_free((uint8_t *)item->event.data);
+  g_free(item);
+}
+
+void sora_handle_init(sora_handle_base *base, sora_context *ctx, const sora_callbacks *cb, sora_free_fn free_fn) {
+  base->ctx = ctx;
+  if (cb) base->callbacks = *cb;
+  base->free_fn = free_fn;
+  base->destroy_queued = FALSE;
+}
+
+void sora_queue_event(sora_handle_base *target, const sora_event *event) {
+  sora_context *ctx = target->ctx;
+  queue_item *item = g_new0(queue_item, 1);
+  item->kind = ITEM_EVENT;
+  item->target = target;
+  item->event = *event;
+  item->event.str0 = g_strdup(event->str0);
+  item->event.str1 = g_strdup(event->str1);
+  item->event.str2 = g_strdup(event->str2);
+  item->event.data = event->size ? g_memdup2(event->data, event->size) : NULL;
+  g_mutex_lock(&ctx->lock);
+  gboolean dropped = target->destroy_queued;
+  if (!dropped) g_async_queue_push(ctx->queue, item);
+  g_mutex_unlock(&ctx->lock);
+  if (dropped) item_free(item);
+}
+
+void sora_queue_destroy(sora_handle_base *target) {
+  sora_context *ctx = target->ctx;
+  queue_item *item = g_new0(queue_item, 1);
+  item->kind = ITEM_DESTROY;
+  item->target = target;
+  g_mutex_lock(&ctx->lock);
+  gboolean already = target->destroy_queued;
+  target->destroy_queued = TRUE;
+  if (!already) g_async_queue_push(ctx->queue, item);
+  g_mutex_unlock(&ctx->lock);
+  if (already) g_free(item);
+}
+
+static gpointer dispatcher_main(gpointer data) {
+  sora_context *ctx = data;
+  for (;;) {
+    queue_item *item = g_async_queue_pop(ctx->queue);
+    if (item->kind == ITEM_STOP) {
+      g_free(item);
+      break;
+    }
+    sora_handle_base *target = item->target;
+    if (item->kind == ITEM_EVENT) {
+      if (target->callbacks.on_event) target->callbacks.on_event(target->callbacks.user_data, &item->event);
+    } else {
+      if (target->callbacks.on_destroy) target->callbacks.on_destroy(target->callbacks.user_data);
+      if (target->free_fn) target->free_fn(target);
+    }
+    item_free(item);
+  }
+  return NULL;
+}
+
+SORA_C_API int sora_context_create(const sora_callbacks *callbacks, sora_context **out) {
+  sora_clear_error();
+  if (!out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "out is NULL");
+  *out = NULL;
+  sora_engine_init();
+  if (!gst_is_initialized()) return sora_fail(SORA_ERR_ENGINE, "GStreamer could not be initialised");
+  GstElementFactory *webrtc = gst_element_factory_find("webrtcbin");
+  if (!webrtc)
+    return sora_fail(SORA_ERR_ENGINE, "GStreamer element 'webrtcbin' is missing (install gstreamer1.0-plugins-bad and gstreamer1.0-nice)");
+  gst_object_unref(webrtc);
+  sora_context *ctx = g_new0(sora_context, 1);
+  sora_handle_init(&ctx->base, ctx, callbacks, NULL);
+  g_mutex_init(&ctx->lock);
+  g_mutex_init(&ctx->media_lock);
+  ctx->queue = g_async_queue_new();
+  GError *err = NULL;
+  ctx->thread = g_thread_try_new("sora-dispatch", dispatcher_main, ctx, &err);
+  if (!ctx->thread) {
+    int rc = sora_fail(SORA_ERR_ENGINE, "cannot start the dispatcher thread: %s", err ? err->message : "?");
+    g_clear_error(&err);
+    g_async_queue_unref(ctx->queue);
+    g_free(ctx);
+    return rc;
+  }
+  *out = ctx;
+  return SORA_OK;
+}
+
+SORA_C_API int sora_context_post(sora_context *ctx, int64_t token) {
+  sora_clear_error();
+  if (!ctx) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "context is NULL");
+  if (ctx->stopping) return sora_fail(SORA_ERR_INVALID_STATE, "context is being destroyed");
+  sora_event ev = {.type = SORA_EVENT_POST, .i0 = token};
+  sora_queue_event(&ctx->base, &ev);
+  return SORA_OK;
+}
+
+SORA_C_API int sora_context_is_dispatcher_thread(sora_context *ctx) {
+  return ctx && ctx->thread == g_thread_self();
+}
+
+SORA_C_API int sora_context_destroy(sora_context *ctx) {
+  sora_clear_error();
+  if (!ctx) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "context is NULL");
+  if (ctx->thread == g_thread_self())
+    return sora_fail(SORA_ERR_INVALID_STATE, "a context cannot be destroyed from its own dispatcher thread");
+  ctx->stopping = TRUE;
+  sora_peer_destroy_all(ctx);
+  sora_source_destroy_all(ctx);
+  sora_queue_destroy(&ctx->base);
+  queue_item *stop = g_new0(queue_item, 1);
+  stop->kind = ITEM_STOP;
+  g_async_queue_push(ctx->queue, stop);
+  g_thread_join(ctx->thread);
+  /* Nothing can be queued any more: every handle's destroy was queued before STOP. */
+  queue_item *left;
+  while ((left = g_async_queue_try_pop(ctx->queue))) item_free(left);
+  g_async_queue_unref(ctx->queue);
+  g_mutex_clear(&ctx->lock);
+  g_mutex_clear(&ctx->media_lock);
+  g_free(ctx);
+  return SORA_OK;
+}

@@ -1,0 +1,1065 @@
+/* One peer connection: a pipeline holding a webrtcbin, its send branches and receive sinks. */
+#include <string.h>
+
+#include "internal.h"
+
+#define PROMISE_TIMEOUT_US (15 * G_TIME_SPAN_SECOND)
+
+typedef struct {
+  GstWebRTCDataChannel *channel; /* owned reference; NULL once released */
+  char *label;
+  gboolean open_reported;
+  gboolean remote;
+} channel_slot;
+
+struct sora_peer {
+  sora_handle_base base;
+  GstElement *pipeline;
+  GstElement *webrtc;
+  GstObject *ice; /* extra reference held for the peer's life (webrtcbin getter bug) */
+  gboolean loopback_only;
+  char *local_address;
+  GMutex lock;           /* protects channels, closed, next_track_id */
+  GRWLock op_lock;       /* operations hold it shared; close holds it exclusively */
+  GPtrArray *channels;   /* channel_slot*, index = channel id */
+  GList *links;          /* sora_link*, protected by ctx->media_lock */
+  GList *encoders;       /* GstElement* (owned refs), for key frame requests */
+  gboolean closed;
+  gint64 next_track_id;
+};
+
+GstElement *sora_peer_pipeline(sora_peer *peer) { return peer->pipeline; }
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static const char *enum_nick(GType type, gint value) {
+  GEnumClass *klass = g_type_class_ref(type);
+  GEnumValue *v = g_enum_get_value(klass, value);
+  const char *nick = v ? v->value_nick : "unknown";
+  g_type_class_unref(klass);
+  return nick; /* nicks are static strings owned by the type system */
+}
+
+static void emit(sora_peer *peer, const sora_event *ev) { sora_queue_event(&peer->base, ev); }
+
+static void emit_error(sora_peer *peer, const char *message, const char *element) {
+  sora_event ev = {.type = SORA_EVENT_ERROR, .str0 = message, .str1 = element};
+  emit(peer, &ev);
+}
+
+/* Loopback-only peers never talk to, nor announce, another address. */
+static gboolean candidate_allowed(sora_peer *peer, const char *candidate) {
+  if (!peer->loopback_only && !peer->local_address) return TRUE;
+  /* candidate:<foundation> <component> <transport> <priority> <address> <port> typ ... */
+  const char *p = candidate;
+  if (g_str_has_prefix(p, "a=")) p += 2;
+  gchar **parts = g_strsplit(p, " ", 8);
+  gboolean ok = FALSE;
+  if (g_strv_length(parts) >= 6) {
+    const char *addr = parts[4];
+    if (peer->loopback_only) ok = g_str_has_prefix(addr, "127.") || g_strcmp0(addr, "::1") == 0;
+    if (peer->local_address && !ok) ok = TRUE; /* remote side of a test netns: any address inside it */
+    if (peer->local_address && peer->loopback_only) ok = ok || g_strcmp0(addr, peer->local_address) == 0;
+  }
+  g_strfreev(parts);
+  return ok;
+}
+
+typedef struct {
+  GMutex lock;
+  GCond cond;
+  gboolean done;
+  gint refs;
+} promise_waiter;
+
+static void waiter_unref(gpointer data) {
+  promise_waiter *w = data;
+  if (g_atomic_int_dec_and_test(&w->refs)) {
+    g_mutex_clear(&w->lock);
+    g_cond_clear(&w->cond);
+    g_free(w);
+  }
+}
+
+static void waiter_changed(GstPromise *promise, gpointer data) {
+  (void)promise;
+  promise_waiter *w = data;
+  g_mutex_lock(&w->lock);
+  w->done = TRUE;
+  g_cond_signal(&w->cond);
+  g_mutex_unlock(&w->lock);
+}
+
+static GstPromise *promise_new(promise_waiter **waiter) {
+  promise_waiter *w = g_new0(promise_waiter, 1);
+  g_mutex_init(&w->lock);
+  g_cond_init(&w->cond);
+  w->refs = 2;
+  *waiter = w;
+  return gst_promise_new_with_change_func(waiter_changed, w, waiter_unref);
+}
+
+/* Wait for the promise. On SORA_OK *reply is the promise's reply (owned by the promise, may be NULL). */
+static int promise_wait(GstPromise *promise, promise_waiter *w, const char *what, const GstStructure **reply) {
+  *reply = NULL;
+  gint64 deadline = g_get_monotonic_time() + PROMISE_TIMEOUT_US;
+  g_mutex_lock(&w->lock);
+  while (!w->done)
+    if (!g_cond_wait_until(&w->cond, &w->lock, deadline)) break;
+  gboolean done = w->done;
+  g_mutex_unlock(&w->lock);
+  waiter_unref(w);
+  if (!done) {
+    gst_promise_interrupt(promise);
+    return sora_fail(SORA_ERR_TIMEOUT, "%s: the engine did not answer within 15 s", what);
+  }
+  if (gst_promise_wait(promise) != GST_PROMISE_RESULT_REPLIED)
+    return sora_fail(SORA_ERR_ENGINE, "%s: the engine did not reply", what);
+  const GstStructure *r = gst_promise_get_reply(promise);
+  if (r && gst_structure_has_field(r, "error")) {
+    GError *err = NULL;
+    gst_structure_get(r, "error", G_TYPE_ERROR, &err, NULL);
+    int rc = sora_fail(SORA_ERR_ENGINE, "%s: %s", what, err ? err->message : "unknown error");
+    g_clear_error(&err);
+    return rc;
+  }
+  *reply = r;
+  return SORA_OK;
+}
+
+static int check_peer(sora_peer *peer) {
+  sora_clear_error();
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  if (peer->closed) return sora_fail(SORA_ERR_INVALID_STATE, "peer is closed");
+  return SORA_OK;
+}
+
+/* ---- webrtcbin signal handlers (engine threads: only queue events) ------- */
+
+static void on_ice_candidate(GstElement *webrtc, guint mline, gchar *candidate, sora_peer *peer) {
+  (void)webrtc;
+  if (!candidate_allowed(peer, candidate)) return;
+  sora_event ev = {.type = SORA_EVENT_ICE_CANDIDATE, .i0 = mline, .str0 = candidate};
+  emit(peer, &ev);
+}
+
+static void on_state_notify(GObject *obj, GParamSpec *pspec, sora_peer *peer) {
+  gint value = 0;
+  g_object_get(obj, pspec->name, &value, NULL);
+  sora_event ev = {.str0 = enum_nick(pspec->value_type, value)};
+  if (strcmp(pspec->name, "ice-gathering-state") == 0)
+    ev.type = SORA_EVENT_ICE_GATHERING_STATE;
+  else if (strcmp(pspec->name, "ice-connection-state") == 0)
+    ev.type = SORA_EVENT_ICE_CONNECTION_STATE;
+  else
+    ev.type = SORA_EVENT_CONNECTION_STATE;
+  emit(peer, &ev);
+}
+
+static void channel_emit(sora_peer *peer, gint id, gint type, const uint8_t *data, gsize size, gint binary) {
+  g_mutex_lock(&peer->lock);
+  channel_slot *slot = (guint)id < peer->channels->len ? g_ptr_array_index(peer->channels, id) : NULL;
+  char *label = slot ? g_strdup(slot->label) : NULL;
+  gboolean remote = slot ? slot->remote : FALSE;
+  gboolean skip = FALSE;
+  if (slot && type == SORA_EVENT_DATA_CHANNEL_OPEN) {
+    skip = slot->open_reported;
+    slot->open_reported = TRUE;
+  }
+  g_mutex_unlock(&peer->lock);
+  if (label && !skip) {
+    sora_event ev = {.type = type, .i0 = id, .str0 = label, .data = data, .size = size,
+                     .i1 = type == SORA_EVENT_DATA_CHANNEL_OPEN ? remote : binary};
+    emit(peer, &ev);
+  }
+  g_free(label);
+}
+
+typedef struct {
+  sora_peer *peer;
+  gint id;
+} channel_ref;
+
+static void on_channel_open(GstWebRTCDataChannel *ch, channel_ref *ref) {
+  (void)ch;
+  channel_emit(ref->peer, ref->id, SORA_EVENT_DATA_CHANNEL_OPEN, NULL, 0, 0);
+}
+
+static void on_channel_close(GstWebRTCDataChannel *ch, channel_ref *ref) {
+  (void)ch;
+  channel_emit(ref->peer, ref->id, SORA_EVENT_DATA_CHANNEL_CLOSE, NULL, 0, 0);
+}
+
+static void on_channel_data(GstWebRTCDataChannel *ch, GBytes *bytes, channel_ref *ref) {
+  (void)ch;
+  gsize size = 0;
+  const uint8_t *data = bytes ? g_bytes_get_data(bytes, &size) : NULL;
+  channel_emit(ref->peer, ref->id, SORA_EVENT_DATA_CHANNEL_MESSAGE, data, size, 1);
+}
+
+static void on_channel_string(GstWebRTCDataChannel *ch, gchar *str, channel_ref *ref) {
+  (void)ch;
+  channel_emit(ref->peer, ref->id, SORA_EVENT_DATA_CHANNEL_MESSAGE, (const uint8_t *)str, str ? strlen(str) : 0, 0);
+}
+
+static void on_channel_error(GstWebRTCDataChannel *ch, GError *error, channel_ref *ref) {
+  (void)ch;
+  char *msg = g_strdup_printf("data channel error: %s", error ? error->message : "unknown");
+  emit_error(ref->peer, msg, "datachannel");
+  g_free(msg);
+}
+
+/* Register a channel and connect its signals; returns its id. */
+static gint channel_register(sora_peer *peer, GstWebRTCDataChannel *channel, gboolean remote) {
+  channel_slot *slot = g_new0(channel_slot, 1);
+  slot->channel = gst_object_ref(channel);
+  g_object_get(channel, "label", &slot->label, NULL);
+  if (!slot->label) slot->label = g_strdup("");
+  slot->remote = remote;
+  g_mutex_lock(&peer->lock);
+  gint id = (gint)peer->channels->len;
+  g_ptr_array_add(peer->channels, slot);
+  g_mutex_unlock(&peer->lock);
+  channel_ref *ref = g_new0(channel_ref, 1);
+  ref->peer = peer;
+  ref->id = id;
+  g_object_set_data_full(G_OBJECT(channel), "sora-ref", ref, g_free);
+  g_signal_connect(channel, "on-open", G_CALLBACK(on_channel_open), ref);
+  g_signal_connect(channel, "on-close", G_CALLBACK(on_channel_close), ref);
+  g_signal_connect(channel, "on-message-data", G_CALLBACK(on_channel_data), ref);
+  g_signal_connect(channel, "on-message-string", G_CALLBACK(on_channel_string), ref);
+  g_signal_connect(channel, "on-error", G_CALLBACK(on_channel_error), ref);
+  GstWebRTCDataChannelState state;
+  g_object_get(channel, "ready-state", &state, NULL);
+  if (state == GST_WEBRTC_DATA_CHANNEL_STATE_OPEN) channel_emit(peer, id, SORA_EVENT_DATA_CHANNEL_OPEN, NULL, 0, 0);
+  return id;
+}
+
+static void on_data_channel(GstElement *webrtc, GstWebRTCDataChannel *channel, sora_peer *peer) {
+  (void)webrtc;
+  channel_register(peer, channel, TRUE);
+}
+
+static void on_pad_added(GstElement *webrtc, GstPad *pad, sora_peer *peer) {
+  (void)webrtc;
+  if (GST_PAD_DIRECTION(pad) != GST_PAD_SRC) return;
+  GstCaps *caps = gst_pad_get_current_caps(pad);
+  if (!caps) caps = gst_pad_query_caps(pad, NULL);
+  const char *media = NULL;
+  if (caps && gst_caps_get_size(caps) > 0) media = gst_structure_get_string(gst_caps_get_structure(caps, 0), "media");
+  char *kind = g_strdup(media ? media : "unknown");
+  if (caps) gst_caps_unref(caps);
+  GstWebRTCRTPTransceiver *trans = NULL;
+  char *mid = NULL, *msid = NULL;
+  guint mline = 0;
+  g_object_get(pad, "transceiver", &trans, "msid", &msid, NULL);
+  if (trans) {
+    g_object_get(trans, "mid", &mid, "mlineindex", &mline, NULL);
+    gst_object_unref(trans);
+  }
+  /* Until a sink is requested the media is discarded here, so webrtcbin never stalls. */
+  GstElement *sink = gst_element_factory_make("fakesink", NULL);
+  g_object_set(sink, "sync", FALSE, "async", FALSE, NULL);
+  gst_bin_add(GST_BIN(peer->pipeline), sink);
+  gst_element_sync_state_with_parent(sink);
+  GstPad *sinkpad = gst_element_get_static_pad(sink, "sink");
+  gst_pad_link(pad, sinkpad);
+  gst_object_unref(sinkpad);
+  g_mutex_lock(&peer->lock);
+  gint64 track_id = ++peer->next_track_id;
+  g_mutex_unlock(&peer->lock);
+  sora_event ev = {.type = SORA_EVENT_TRACK, .i0 = track_id, .i1 = mline, .str0 = kind, .str1 = mid, .str2 = msid};
+  emit(peer, &ev);
+  g_free(kind);
+  g_free(mid);
+  g_free(msid);
+}
+
+static GstBusSyncReply on_bus_message(GstBus *bus, GstMessage *msg, sora_peer *peer) {
+  (void)bus;
+  if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_ERROR) {
+    GError *err = NULL;
+    gchar *debug = NULL;
+    gst_message_parse_error(msg, &err, &debug);
+    emit_error(peer, err ? err->message : "unknown engine error", GST_OBJECT_NAME(GST_MESSAGE_SRC(msg)));
+    g_clear_error(&err);
+    g_free(debug);
+  }
+  return GST_BUS_DROP;
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+static void peer_free(sora_handle_base *base) {
+  sora_peer *peer = (sora_peer *)base;
+  for (guint i = 0; i < peer->channels->len; i++) {
+    channel_slot *slot = g_ptr_array_index(peer->channels, i);
+    if (slot->channel) gst_object_unref(slot->channel);
+    g_free(slot->label);
+    g_free(slot);
+  }
+  g_ptr_array_free(peer->channels, TRUE);
+  g_mutex_clear(&peer->lock);
+  g_rw_lock_clear(&peer->op_lock);
+  g_free(peer->local_address);
+  g_free(peer);
+}
+
+SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *config, const sora_callbacks *callbacks,
+                                sora_peer **out) {
+  sora_clear_error();
+  if (!ctx || !out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "context and out must not be NULL");
+  *out = NULL;
+  if (ctx->stopping) return sora_fail(SORA_ERR_INVALID_STATE, "context is being destroyed");
+  sora_peer_config cfg = {0};
+  if (config) cfg = *config;
+  GstElement *webrtc = gst_element_factory_make("webrtcbin", NULL);
+  if (!webrtc) return sora_fail(SORA_ERR_ENGINE, "cannot create webrtcbin");
+  sora_peer *peer = g_new0(sora_peer, 1);
+  sora_handle_init(&peer->base, ctx, callbacks, peer_free);
+  g_mutex_init(&peer->lock);
+  g_rw_lock_init(&peer->op_lock);
+  peer->channels = g_ptr_array_new();
+  peer->loopback_only = cfg.loopback_only != 0;
+  peer->local_address = g_strdup(cfg.local_address);
+  peer->pipeline = gst_pipeline_new(NULL);
+  peer->webrtc = webrtc;
+  g_object_set(webrtc, "bundle-policy", GST_WEBRTC_BUNDLE_POLICY_MAX_BUNDLE, NULL);
+  if (cfg.latency_ms) g_object_set(webrtc, "latency", cfg.latency_ms, NULL);
+  if (cfg.stun_server) g_object_set(webrtc, "stun-server", cfg.stun_server, NULL);
+  if (cfg.turn_server) g_object_set(webrtc, "turn-server", cfg.turn_server, NULL);
+  gst_bin_add(GST_BIN(peer->pipeline), webrtc);
+
+  GObject *ice = NULL;
+  g_object_get(webrtc, "ice-agent", &ice, NULL);
+  if (ice) {
+    peer->ice = gst_object_ref(GST_OBJECT(ice)); /* the getter gives no reference of its own */
+    gboolean added = FALSE;
+    if (peer->loopback_only) g_signal_emit_by_name(ice, "add-local-ip-address", "127.0.0.1", &added);
+    if (peer->local_address) g_signal_emit_by_name(ice, "add-local-ip-address", peer->local_address, &added);
+    if (g_object_class_find_property(G_OBJECT_GET_CLASS(ice), "ice-tcp"))
+      g_object_set(ice, "ice-tcp", cfg.ice_tcp ? TRUE : FALSE, NULL);
+  }
+  g_signal_connect(webrtc, "on-ice-candidate", G_CALLBACK(on_ice_candidate), peer);
+  g_signal_connect(webrtc, "notify::ice-gathering-state", G_CALLBACK(on_state_notify), peer);
+  g_signal_connect(webrtc, "notify::ice-connection-state", G_CALLBACK(on_state_notify), peer);
+  g_signal_connect(webrtc, "notify::connection-state", G_CALLBACK(on_state_notify), peer);
+  g_signal_connect(webrtc, "on-data-channel", G_CALLBACK(on_data_channel), peer);
+  g_signal_connect(webrtc, "pad-added", G_CALLBACK(on_pad_added), peer);
+  GstBus *bus = gst_pipeline_get_bus(GST_PIPELINE(peer->pipeline));
+  gst_bus_set_sync_handler(bus, (GstBusSyncHandler)on_bus_message, peer, NULL);
+  gst_object_unref(bus);
+
+  if (gst_element_set_state(peer->pipeline, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE) {
+    gst_element_set_state(peer->pipeline, GST_STATE_NULL);
+    if (peer->ice) gst_object_unref(peer->ice);
+    gst_object_unref(peer->pipeline);
+    peer_free(&peer->base);
+    return sora_fail(SORA_ERR_ENGINE, "webrtcbin pipeline failed to start");
+  }
+  g_mutex_lock(&ctx->lock);
+  ctx->peers = g_list_prepend(ctx->peers, peer);
+  g_mutex_unlock(&ctx->lock);
+  *out = peer;
+  return SORA_OK;
+}
+
+SORA_C_API int sora_peer_close(sora_peer *peer) {
+  sora_clear_error();
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_writer_lock(&peer->op_lock);
+  g_mutex_lock(&peer->lock);
+  gboolean was_closed = peer->closed;
+  peer->closed = TRUE;
+  g_mutex_unlock(&peer->lock);
+  if (was_closed) {
+    g_rw_lock_writer_unlock(&peer->op_lock);
+    return SORA_OK;
+  }
+  sora_links_detach_peer(peer->base.ctx, &peer->links);
+  for (guint i = 0; i < peer->channels->len; i++) {
+    channel_slot *slot = g_ptr_array_index(peer->channels, i);
+    if (slot->channel) g_signal_handlers_disconnect_matched(slot->channel, G_SIGNAL_MATCH_DATA, 0, 0, NULL, NULL,
+                                                            g_object_get_data(G_OBJECT(slot->channel), "sora-ref"));
+  }
+  gst_element_set_state(peer->pipeline, GST_STATE_NULL);
+  g_signal_handlers_disconnect_matched(peer->webrtc, G_SIGNAL_MATCH_DATA, 0, 0, NULL, NULL, peer);
+  GstBus *bus = gst_pipeline_get_bus(GST_PIPELINE(peer->pipeline));
+  gst_bus_set_sync_handler(bus, NULL, NULL, NULL);
+  gst_object_unref(bus);
+  g_list_free_full(peer->encoders, gst_object_unref);
+  peer->encoders = NULL;
+  if (peer->ice) gst_object_unref(peer->ice);
+  peer->ice = NULL;
+  for (guint i = 0; i < peer->channels->len; i++) {
+    channel_slot *slot = g_ptr_array_index(peer->channels, i);
+    g_clear_pointer(&slot->channel, gst_object_unref);
+  }
+  gst_object_unref(peer->pipeline);
+  peer->pipeline = NULL;
+  peer->webrtc = NULL;
+  g_rw_lock_writer_unlock(&peer->op_lock);
+  return SORA_OK;
+}
+
+SORA_C_API int sora_peer_destroy(sora_peer *peer) {
+  sora_clear_error();
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  sora_context *ctx = peer->base.ctx;
+  g_mutex_lock(&ctx->lock);
+  gboolean listed = g_list_find(ctx->peers, peer) != NULL;
+  ctx->peers = g_list_remove(ctx->peers, peer);
+  g_mutex_unlock(&ctx->lock);
+  if (!listed) return sora_fail(SORA_ERR_INVALID_STATE, "peer was already destroyed");
+  sora_peer_close(peer);
+  sora_queue_destroy(&peer->base);
+  return SORA_OK;
+}
+
+void sora_peer_destroy_all(sora_context *ctx) {
+  for (;;) {
+    g_mutex_lock(&ctx->lock);
+    sora_peer *peer = ctx->peers ? ctx->peers->data : NULL;
+    g_mutex_unlock(&ctx->lock);
+    if (!peer) break;
+    sora_peer_destroy(peer);
+  }
+}
+
+/* ---- negotiation ------------------------------------------------------------ */
+
+static GstWebRTCRTPTransceiverDirection to_gst_direction(int32_t direction) {
+  switch (direction) {
+    case SORA_DIRECTION_SENDONLY: return GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY;
+    case SORA_DIRECTION_RECVONLY: return GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_RECVONLY;
+    case SORA_DIRECTION_SENDRECV: return GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDRECV;
+    default: return GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_INACTIVE;
+  }
+}
+
+static int impl_sora_peer_add_transceiver(sora_peer *peer, const char *kind, int32_t direction, const char *caps) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!kind || (strcmp(kind, "audio") && strcmp(kind, "video")))
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "kind must be \"audio\" or \"video\"");
+  if (direction < SORA_DIRECTION_INACTIVE || direction > SORA_DIRECTION_SENDRECV)
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "direction must be 0..3, got %d", direction);
+  GstCaps *c = NULL;
+  if (caps) {
+    c = gst_caps_from_string(caps);
+    if (!c) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "unparsable caps: %s", caps);
+  }
+  GstWebRTCRTPTransceiver *trans = NULL;
+  g_signal_emit_by_name(peer->webrtc, "add-transceiver", to_gst_direction(direction), c, &trans);
+  if (c) gst_caps_unref(c);
+  if (!trans) return sora_fail(SORA_ERR_ENGINE, "webrtcbin refused the %s transceiver", kind);
+  if (strcmp(kind, "video") == 0) g_object_set(trans, "do-nack", TRUE, NULL);
+  gst_object_unref(trans);
+  return SORA_OK;
+}
+
+static int impl_sora_peer_set_direction(sora_peer *peer, int32_t mline, int32_t direction) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (direction < SORA_DIRECTION_INACTIVE || direction > SORA_DIRECTION_SENDRECV)
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "direction must be 0..3, got %d", direction);
+  GstWebRTCRTPTransceiver *trans = NULL;
+  g_signal_emit_by_name(peer->webrtc, "get-transceiver", (gint)mline, &trans);
+  if (!trans) return sora_fail(SORA_ERR_NOT_FOUND, "no transceiver at m-line %d", mline);
+  g_object_set(trans, "direction", to_gst_direction(direction), NULL);
+  gst_object_unref(trans);
+  return SORA_OK;
+}
+
+static int impl_sora_peer_set_remote_description(sora_peer *peer, const char *type, const char *sdp) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!type || !sdp) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "type and sdp must not be NULL");
+  GstWebRTCSDPType t;
+  if (strcmp(type, "offer") == 0)
+    t = GST_WEBRTC_SDP_TYPE_OFFER;
+  else if (strcmp(type, "answer") == 0)
+    t = GST_WEBRTC_SDP_TYPE_ANSWER;
+  else
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "type must be \"offer\" or \"answer\", got \"%s\"", type);
+  GstSDPMessage *msg = NULL;
+  gst_sdp_message_new(&msg);
+  if (gst_sdp_message_parse_buffer((const guint8 *)sdp, strlen(sdp), msg) != GST_SDP_OK ||
+      gst_sdp_message_medias_len(msg) == 0 || !g_str_has_prefix(sdp, "v=0")) {
+    gst_sdp_message_free(msg);
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "the %s is not a valid SDP", type);
+  }
+  GstWebRTCSessionDescription *desc = gst_webrtc_session_description_new(t, msg);
+  promise_waiter *w;
+  GstPromise *promise = promise_new(&w);
+  g_signal_emit_by_name(peer->webrtc, "set-remote-description", desc, promise);
+  const GstStructure *reply;
+  rc = promise_wait(promise, w, "set-remote-description", &reply);
+  gst_promise_unref(promise);
+  gst_webrtc_session_description_free(desc);
+  return rc;
+}
+
+static int create_description(sora_peer *peer, gboolean offer, char **sdp_out) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!sdp_out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "sdp_out is NULL");
+  *sdp_out = NULL;
+  const char *what = offer ? "create-offer" : "create-answer";
+  promise_waiter *w;
+  GstPromise *promise = promise_new(&w);
+  g_signal_emit_by_name(peer->webrtc, what, NULL, promise);
+  const GstStructure *reply;
+  rc = promise_wait(promise, w, what, &reply);
+  GstWebRTCSessionDescription *desc = NULL;
+  if (rc == SORA_OK && reply)
+    gst_structure_get(reply, offer ? "offer" : "answer", GST_TYPE_WEBRTC_SESSION_DESCRIPTION, &desc, NULL);
+  gst_promise_unref(promise);
+  if (rc) return rc;
+  if (!desc) return sora_fail(SORA_ERR_ENGINE, "%s: webrtcbin returned no description", what);
+  GstPromise *set = promise_new(&w);
+  g_signal_emit_by_name(peer->webrtc, "set-local-description", desc, set);
+  rc = promise_wait(set, w, "set-local-description", &reply);
+  gst_promise_unref(set);
+  if (rc) {
+    gst_webrtc_session_description_free(desc);
+    return rc;
+  }
+  *sdp_out = gst_sdp_message_as_text(desc->sdp);
+  gst_webrtc_session_description_free(desc);
+  return SORA_OK;
+}
+
+static int impl_sora_peer_create_offer(sora_peer *peer, char **sdp_out) { return create_description(peer, TRUE, sdp_out); }
+
+static int impl_sora_peer_create_answer(sora_peer *peer, char **sdp_out) {
+  return create_description(peer, FALSE, sdp_out);
+}
+
+static int impl_sora_peer_get_local_description(sora_peer *peer, char **sdp_out) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!sdp_out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "sdp_out is NULL");
+  *sdp_out = NULL;
+  GstWebRTCSessionDescription *desc = NULL;
+  g_object_get(peer->webrtc, "current-local-description", &desc, NULL);
+  if (!desc) g_object_get(peer->webrtc, "local-description", &desc, NULL);
+  if (!desc) return sora_fail(SORA_ERR_INVALID_STATE, "no local description yet");
+  *sdp_out = gst_sdp_message_as_text(desc->sdp);
+  gst_webrtc_session_description_free(desc);
+  return SORA_OK;
+}
+
+static int impl_sora_peer_add_ice_candidate(sora_peer *peer, int32_t mline, const char *candidate) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!candidate || mline < 0) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "candidate is NULL or m-line < 0");
+  const char *c = g_str_has_prefix(candidate, "a=") ? candidate + 2 : candidate;
+  if (!g_str_has_prefix(c, "candidate:")) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "not an ICE candidate: %.80s", c);
+  if (!candidate_allowed(peer, c)) return SORA_OK; /* off-loopback candidates are ignored, not an error */
+  g_signal_emit_by_name(peer->webrtc, "add-ice-candidate", (guint)mline, c);
+  return SORA_OK;
+}
+
+/* ---- send branches -------------------------------------------------------- */
+
+static GstElement *make(const char *factory, GString *missing) {
+  GstElement *e = gst_element_factory_make(factory, NULL);
+  if (!e) g_string_append_printf(missing, "%s%s", missing->len ? ", " : "", factory);
+  return e;
+}
+
+/* Build elements (appsrc ! convert ! encoder ! payloader) and link them to webrtcbin's sink_<mline>. */
+static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gint n, GstCaps *rtp_caps) {
+  GstBin *bin = GST_BIN(peer->pipeline);
+  for (gint i = 0; i < n; i++) gst_bin_add(bin, chain[i]);
+  for (gint i = 0; i + 1 < n; i++) {
+    if (!gst_element_link(chain[i], chain[i + 1])) {
+      const char *a = GST_OBJECT_NAME(chain[i]), *b = GST_OBJECT_NAME(chain[i + 1]);
+      int rc = sora_fail(SORA_ERR_ENGINE, "cannot link %s to %s", a, b);
+      for (gint j = 0; j < n; j++) gst_bin_remove(bin, chain[j]);
+      return rc;
+    }
+  }
+  char name[32];
+  g_snprintf(name, sizeof name, "sink_%d", mline);
+  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(peer->webrtc), "sink_%u");
+  GstPad *sinkpad = gst_element_request_pad(peer->webrtc, templ, name, rtp_caps);
+  GstPad *srcpad = gst_element_get_static_pad(chain[n - 1], "src");
+  GstPadLinkReturn link = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
+  gst_object_unref(srcpad);
+  if (sinkpad) gst_object_unref(sinkpad);
+  if (link != GST_PAD_LINK_OK) {
+    for (gint j = 0; j < n; j++) gst_bin_remove(bin, chain[j]);
+    return sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link);
+  }
+  for (gint i = n - 1; i >= 0; i--) gst_element_sync_state_with_parent(chain[i]);
+  return SORA_OK;
+}
+
+static int check_params(const sora_codec_params *p, int32_t mline) {
+  if (!p || !p->codec) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "codec params are NULL");
+  if (mline < 0) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "m-line must be >= 0");
+  if (p->payload_type < 0 || p->payload_type > 127)
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "payload type must be 0..127, got %d", p->payload_type);
+  return SORA_OK;
+}
+
+static void set_ssrc(GstElement *pay, const sora_codec_params *p) {
+  if (p->ssrc) g_object_set(pay, "ssrc", (guint)p->ssrc, NULL);
+}
+
+static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source *source, int32_t mline,
+                                             const sora_codec_params *p) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!source) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source is NULL");
+  if ((rc = check_params(p, mline))) return rc;
+  GString *missing = g_string_new(NULL);
+  guint kbps = p->bitrate_kbps > 0 ? (guint)p->bitrate_kbps : 1000;
+  GstElement *src = make("appsrc", missing), *queue = make("queue", missing), *conv = make("videoconvert", missing);
+  GstElement *enc = NULL, *pay = NULL, *filter = NULL;
+  const char *codec = p->codec;
+  char *encoding = g_ascii_strup(codec, -1);
+  if (strcmp(encoding, "VP8") == 0 || strcmp(encoding, "VP9") == 0) {
+    gboolean vp8 = strcmp(encoding, "VP8") == 0;
+    enc = make(vp8 ? "vp8enc" : "vp9enc", missing);
+    pay = make(vp8 ? "rtpvp8pay" : "rtpvp9pay", missing);
+    if (enc) {
+      /* Real-time settings; one thread per stream (libvpx spin-waits on 2 cores). */
+      g_object_set(enc, "deadline", (gint64)1, "cpu-used", vp8 ? 8 : 7, "threads", 1, "lag-in-frames", 0,
+                   "end-usage", 1 /* cbr */, "target-bitrate", (gint)(kbps * 1000), "keyframe-max-dist", 3000,
+                   "error-resilient", vp8 ? 1 : 0, "undershoot", 95, "buffer-size", 1000, "buffer-initial-size", 500,
+                   "buffer-optimal-size", 600, NULL);
+    }
+    if (pay) g_object_set(pay, "picture-id-mode", 2 /* 15-bit */, NULL);
+  } else if (strcmp(encoding, "H264") == 0) {
+    enc = make("x264enc", missing);
+    filter = make("capsfilter", missing);
+    pay = make("rtph264pay", missing);
+    if (enc)
+      gst_util_set_object_arg(G_OBJECT(enc), "tune", "zerolatency"),
+          gst_util_set_object_arg(G_OBJECT(enc), "speed-preset", "ultrafast"),
+          g_object_set(enc, "bitrate", kbps, "key-int-max", 3000, "threads", 1, NULL);
+    if (filter) {
+      GstCaps *fc = gst_caps_from_string("video/x-h264,profile=constrained-baseline,stream-format=byte-stream");
+      g_object_set(filter, "caps", fc, NULL);
+      gst_caps_unref(fc);
+    }
+    if (pay) g_object_set(pay, "config-interval", -1, "aggregate-mode", 1 /* zero-latency */, NULL);
+  } else if (strcmp(encoding, "H265") == 0) {
+    enc = make("x265enc", missing);
+    pay = make("rtph265pay", missing);
+    if (enc) {
+      gst_util_set_object_arg(G_OBJECT(enc), "tune", "zerolatency");
+      gst_util_set_object_arg(G_OBJECT(enc), "speed-preset", "ultrafast");
+      g_object_set(enc, "bitrate", kbps, "key-int-max", 3000, NULL);
+    }
+    if (pay) g_object_set(pay, "config-interval", -1, NULL);
+  } else {
+    g_free(encoding);
+    g_string_free(missing, TRUE);
+    GstElement *all[] = {src, queue, conv};
+    for (guint i = 0; i < G_N_ELEMENTS(all); i++)
+      if (all[i]) gst_object_unref(all[i]);
+    return sora_fail(SORA_ERR_UNSUPPORTED, "sending video codec %s is not supported by this engine", codec);
+  }
+  if (missing->len) {
+    rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for %s: %s", codec, missing->str);
+    GstElement *all[] = {src, queue, conv, enc, filter, pay};
+    for (guint i = 0; i < G_N_ELEMENTS(all); i++)
+      if (all[i]) gst_object_unref(all[i]);
+    g_free(encoding);
+    g_string_free(missing, TRUE);
+    return rc;
+  }
+  g_string_free(missing, TRUE);
+  g_object_set(src, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "max-buffers", (guint64)2,
+               "block", FALSE, NULL);
+  gst_util_set_object_arg(G_OBJECT(src), "leaky-type", "downstream");
+  g_object_set(queue, "max-size-buffers", 2, "max-size-bytes", 0, "max-size-time", (guint64)0, NULL);
+  gst_util_set_object_arg(G_OBJECT(queue), "leaky", "downstream");
+  g_object_set(pay, "pt", (guint)p->payload_type, "mtu", 1200, NULL);
+  set_ssrc(pay, p);
+  GstCaps *rtp_caps = gst_caps_new_simple("application/x-rtp", "media", G_TYPE_STRING, "video", "encoding-name",
+                                          G_TYPE_STRING, encoding, "payload", G_TYPE_INT, p->payload_type,
+                                          "clock-rate", G_TYPE_INT, p->clock_rate > 0 ? p->clock_rate : 90000, NULL);
+  g_free(encoding);
+  GstElement *chain[7];
+  gint n = 0;
+  chain[n++] = src;
+  chain[n++] = queue;
+  chain[n++] = conv;
+  chain[n++] = enc;
+  if (filter) chain[n++] = filter;
+  chain[n++] = pay;
+  gst_object_ref(src);
+  gst_object_ref(enc);
+  rc = attach_branch(peer, mline, chain, n, rtp_caps);
+  gst_caps_unref(rtp_caps);
+  if (rc) {
+    gst_object_unref(src);
+    gst_object_unref(enc);
+    return rc;
+  }
+  peer->encoders = g_list_prepend(peer->encoders, gst_object_ref(enc));
+  sora_link *link = sora_link_video(source, peer, src, enc);
+  if (!link) return sora_fail(SORA_ERR_INVALID_STATE, "video source is destroyed");
+  g_mutex_lock(&peer->base.ctx->media_lock);
+  peer->links = g_list_prepend(peer->links, link);
+  g_mutex_unlock(&peer->base.ctx->media_lock);
+  return SORA_OK;
+}
+
+static int impl_sora_peer_attach_audio_source(sora_peer *peer, sora_audio_source *source, int32_t mline,
+                                             const sora_codec_params *p) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!source) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source is NULL");
+  if ((rc = check_params(p, mline))) return rc;
+  if (g_ascii_strcasecmp(p->codec, "OPUS") != 0)
+    return sora_fail(SORA_ERR_UNSUPPORTED, "sending audio codec %s is not supported (only Opus)", p->codec);
+  gint channels = 1, rate = 48000;
+  if (sora_audio_source_caps(source, &channels, &rate)) return sora_fail(SORA_ERR_INVALID_STATE, "audio source is destroyed");
+  GString *missing = g_string_new(NULL);
+  GstElement *src = make("appsrc", missing), *conv = make("audioconvert", missing),
+             *resample = make("audioresample", missing), *enc = make("opusenc", missing),
+             *pay = make("rtpopuspay", missing);
+  if (missing->len) {
+    rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for Opus: %s", missing->str);
+    GstElement *all[] = {src, conv, resample, enc, pay};
+    for (guint i = 0; i < G_N_ELEMENTS(all); i++)
+      if (all[i]) gst_object_unref(all[i]);
+    g_string_free(missing, TRUE);
+    return rc;
+  }
+  g_string_free(missing, TRUE);
+  GstCaps *raw = gst_caps_new_simple("audio/x-raw", "format", G_TYPE_STRING, "S16LE", "layout", G_TYPE_STRING,
+                                     "interleaved", "rate", G_TYPE_INT, rate, "channels", G_TYPE_INT, channels, NULL);
+  g_object_set(src, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "caps", raw,
+               "max-bytes", (guint64)(rate * channels * 2), "block", FALSE, NULL);
+  gst_util_set_object_arg(G_OBJECT(src), "leaky-type", "downstream");
+  gst_caps_unref(raw);
+  guint bps = p->bitrate_kbps > 0 ? (guint)p->bitrate_kbps * 1000 : 64000;
+  g_object_set(enc, "bitrate", (gint)bps, "frame-size", 20, NULL);
+  g_object_set(pay, "pt", (guint)p->payload_type, NULL);
+  set_ssrc(pay, p);
+  GstCaps *rtp_caps = gst_caps_new_simple("application/x-rtp", "media", G_TYPE_STRING, "audio", "encoding-name",
+                                          G_TYPE_STRING, "OPUS", "payload", G_TYPE_INT, p->payload_type,
+                                          "clock-rate", G_TYPE_INT, 48000, "encoding-params", G_TYPE_STRING, "2",
+                                          NULL);
+  GstElement *chain[] = {src, conv, resample, enc, pay};
+  gst_object_ref(src);
+  rc = attach_branch(peer, mline, chain, G_N_ELEMENTS(chain), rtp_caps);
+  gst_caps_unref(rtp_caps);
+  if (rc) {
+    gst_object_unref(src);
+    return rc;
+  }
+  sora_link *link = sora_link_audio(source, peer, src);
+  if (!link) return sora_fail(SORA_ERR_INVALID_STATE, "audio source is destroyed");
+  g_mutex_lock(&peer->base.ctx->media_lock);
+  peer->links = g_list_prepend(peer->links, link);
+  g_mutex_unlock(&peer->base.ctx->media_lock);
+  return SORA_OK;
+}
+
+static int impl_sora_peer_request_key_frame(sora_peer *peer) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  for (GList *l = peer->encoders; l; l = l->next) {
+    GstPad *pad = gst_element_get_static_pad(GST_ELEMENT(l->data), "src");
+    gst_pad_send_event(pad, gst_video_event_new_upstream_force_key_unit(GST_CLOCK_TIME_NONE, TRUE, 0));
+    gst_object_unref(pad);
+  }
+  return SORA_OK;
+}
+
+/* ---- data channels ---------------------------------------------------------- */
+
+static int impl_sora_peer_create_data_channel(sora_peer *peer, const char *label, const sora_data_channel_init *init,
+                                             int32_t *id_out) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!label || !id_out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "label and id_out must not be NULL");
+  GstStructure *opts = gst_structure_new_empty("options");
+  if (init) {
+    gst_structure_set(opts, "ordered", G_TYPE_BOOLEAN, init->ordered != 0, NULL);
+    if (init->max_packet_life_time >= 0)
+      gst_structure_set(opts, "max-packet-lifetime", G_TYPE_INT, init->max_packet_life_time, NULL);
+    if (init->max_retransmits >= 0) gst_structure_set(opts, "max-retransmits", G_TYPE_INT, init->max_retransmits, NULL);
+    if (init->protocol) gst_structure_set(opts, "protocol", G_TYPE_STRING, init->protocol, NULL);
+    if (init->negotiated) gst_structure_set(opts, "negotiated", G_TYPE_BOOLEAN, TRUE, NULL);
+    if (init->id >= 0) gst_structure_set(opts, "id", G_TYPE_INT, init->id, NULL);
+  }
+  GstWebRTCDataChannel *channel = NULL;
+  g_signal_emit_by_name(peer->webrtc, "create-data-channel", label, opts, &channel);
+  gst_structure_free(opts);
+  if (!channel) return sora_fail(SORA_ERR_ENGINE, "webrtcbin refused data channel \"%s\"", label);
+  *id_out = channel_register(peer, channel, FALSE);
+  gst_object_unref(channel);
+  return SORA_OK;
+}
+
+static GstWebRTCDataChannel *channel_get(sora_peer *peer, int32_t id) {
+  GstWebRTCDataChannel *ch = NULL;
+  g_mutex_lock(&peer->lock);
+  if (id >= 0 && (guint)id < peer->channels->len) {
+    channel_slot *slot = g_ptr_array_index(peer->channels, id);
+    if (slot->channel) ch = gst_object_ref(slot->channel);
+  }
+  g_mutex_unlock(&peer->lock);
+  return ch;
+}
+
+static int impl_sora_peer_send_data(sora_peer *peer, int32_t channel_id, const uint8_t *data, size_t size,
+                                   int32_t binary) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!data && size) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "data is NULL");
+  GstWebRTCDataChannel *ch = channel_get(peer, channel_id);
+  if (!ch) return sora_fail(SORA_ERR_NOT_FOUND, "no data channel with id %d", channel_id);
+  GstWebRTCDataChannelState state;
+  g_object_get(ch, "ready-state", &state, NULL);
+  if (state != GST_WEBRTC_DATA_CHANNEL_STATE_OPEN) {
+    gst_object_unref(ch);
+    return sora_fail(SORA_ERR_INVALID_STATE, "data channel %d is not open", channel_id);
+  }
+  GError *err = NULL;
+  gboolean ok;
+  if (binary) {
+    GBytes *bytes = g_bytes_new(data, size);
+    ok = gst_webrtc_data_channel_send_data_full(ch, bytes, &err);
+    g_bytes_unref(bytes);
+  } else {
+    char *text = g_strndup((const char *)data, size);
+    ok = gst_webrtc_data_channel_send_string_full(ch, text, &err);
+    g_free(text);
+  }
+  gst_object_unref(ch);
+  if (!ok) {
+    rc = sora_fail(SORA_ERR_ENGINE, "send on data channel %d failed: %s", channel_id, err ? err->message : "unknown");
+    g_clear_error(&err);
+    return rc;
+  }
+  return SORA_OK;
+}
+
+static int impl_sora_peer_close_data_channel(sora_peer *peer, int32_t channel_id) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  GstWebRTCDataChannel *ch = channel_get(peer, channel_id);
+  if (!ch) return sora_fail(SORA_ERR_NOT_FOUND, "no data channel with id %d", channel_id);
+  gst_webrtc_data_channel_close(ch);
+  gst_object_unref(ch);
+  return SORA_OK;
+}
+
+static int impl_sora_peer_open_data_channel_count(sora_peer *peer) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  int count = 0;
+  g_mutex_lock(&peer->lock);
+  for (guint i = 0; i < peer->channels->len; i++) {
+    channel_slot *slot = g_ptr_array_index(peer->channels, i);
+    if (!slot->channel) continue;
+    GstWebRTCDataChannelState state;
+    g_object_get(slot->channel, "ready-state", &state, NULL);
+    if (state == GST_WEBRTC_DATA_CHANNEL_STATE_OPEN) count++;
+  }
+  g_mutex_unlock(&peer->lock);
+  return count;
+}
+
+/* ---- stats -------------------------------------------------------------------- */
+
+/* DTLS/ICE transport state and certificates, which webrtcbin's get-stats leaves out. */
+static GstStructure *dtls_transport_stats(sora_peer *peer) {
+  GArray *transceivers = NULL;
+  g_signal_emit_by_name(peer->webrtc, "get-transceivers", &transceivers);
+  GstWebRTCDTLSTransport *dtls = NULL;
+  for (guint i = 0; transceivers && i < transceivers->len && !dtls; i++) {
+    GstWebRTCRTPTransceiver *t = g_array_index(transceivers, GstWebRTCRTPTransceiver *, i);
+    GstWebRTCRTPSender *sender = NULL;
+    g_object_get(t, "sender", &sender, NULL);
+    if (sender) {
+      g_object_get(sender, "transport", &dtls, NULL);
+      gst_object_unref(sender);
+    }
+  }
+  if (transceivers) g_array_unref(transceivers);
+  if (!dtls) {
+    GstWebRTCSCTPTransport *sctp = NULL;
+    g_object_get(peer->webrtc, "sctp-transport", &sctp, NULL);
+    if (sctp) {
+      g_object_get(sctp, "transport", &dtls, NULL);
+      gst_object_unref(sctp);
+    }
+  }
+  if (!dtls) return NULL;
+  GstWebRTCDTLSTransportState state;
+  gchar *cert = NULL, *remote = NULL;
+  GstWebRTCICETransport *ice = NULL;
+  g_object_get(dtls, "state", &state, "certificate", &cert, "remote-certificate", &remote, "transport", &ice, NULL);
+  GstStructure *s = gst_structure_new("sora-dtls-transport", "dtls-state", G_TYPE_STRING,
+                                      enum_nick(GST_TYPE_WEBRTC_DTLS_TRANSPORT_STATE, state), NULL);
+  if (ice) {
+    GstWebRTCICEConnectionState ice_state;
+    g_object_get(ice, "state", &ice_state, NULL);
+    gst_structure_set(s, "ice-state", G_TYPE_STRING, enum_nick(GST_TYPE_WEBRTC_ICE_CONNECTION_STATE, ice_state),
+                      "ice-role", G_TYPE_STRING, enum_nick(GST_TYPE_WEBRTC_ICE_ROLE, ice->role), NULL);
+    gst_object_unref(ice);
+  }
+  if (cert) gst_structure_set(s, "certificate", G_TYPE_STRING, cert, NULL);
+  if (remote) gst_structure_set(s, "remote-certificate", G_TYPE_STRING, remote, NULL);
+  g_free(cert);
+  g_free(remote);
+  gst_object_unref(dtls);
+  return s;
+}
+
+static int impl_sora_peer_get_stats(sora_peer *peer, char **json_out) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!json_out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "json_out is NULL");
+  *json_out = NULL;
+  promise_waiter *w;
+  GstPromise *promise = promise_new(&w);
+  g_signal_emit_by_name(peer->webrtc, "get-stats", NULL, promise);
+  const GstStructure *reply;
+  rc = promise_wait(promise, w, "get-stats", &reply);
+  if (rc == SORA_OK) {
+    GstStructure *all = reply ? gst_structure_copy(reply) : gst_structure_new_empty("stats");
+    GstStructure *dtls = dtls_transport_stats(peer);
+    if (dtls) {
+      gst_structure_set(all, "sora-dtls-transport", GST_TYPE_STRUCTURE, dtls, NULL);
+      gst_structure_free(dtls);
+    }
+    *json_out = sora_structure_to_json(all);
+    gst_structure_free(all);
+  }
+  gst_promise_unref(promise);
+  return SORA_OK;
+}
+
+/* ---- public entry points: shared op_lock against a concurrent close ---- */
+
+SORA_C_API int sora_peer_add_transceiver(sora_peer *peer, const char *kind, int32_t direction, const char *caps) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_add_transceiver(peer, kind, direction, caps);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_set_direction(sora_peer *peer, int32_t mline, int32_t direction) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_set_direction(peer, mline, direction);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_set_remote_description(sora_peer *peer, const char *type, const char *sdp) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_set_remote_description(peer, type, sdp);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_create_offer(sora_peer *peer, char **sdp_out) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_create_offer(peer, sdp_out);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_create_answer(sora_peer *peer, char **sdp_out) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_create_answer(peer, sdp_out);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_get_local_description(sora_peer *peer, char **sdp_out) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_get_local_description(peer, sdp_out);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_add_ice_candidate(sora_peer *peer, int32_t mline, const char *candidate) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_add_ice_candidate(peer, mline, candidate);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_attach_video_source(sora_peer *peer, sora_video_source *source, int32_t mline, const sora_codec_params *p) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_attach_video_source(peer, source, mline, p);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_attach_audio_source(sora_peer *peer, sora_audio_source *source, int32_t mline, const sora_codec_params *p) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_attach_audio_source(peer, source, mline, p);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_request_key_frame(sora_peer *peer) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_request_key_frame(peer);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_create_data_channel(sora_peer *peer, const char *label, const sora_data_channel_init *init, int32_t *id_out) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_create_data_channel(peer, label, init, id_out);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_send_data(sora_peer *peer, int32_t channel_id, const uint8_t *data, size_t size, int32_t binary) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_send_data(peer, channel_id, data, size, binary);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_close_data_channel(sora_peer *peer, int32_t channel_id) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_close_data_channel(peer, channel_id);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_open_data_channel_count(sora_peer *peer) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_open_data_channel_count(peer);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_get_stats(sora_peer *peer, char **json_out) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_get_stats(peer, json_out);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}

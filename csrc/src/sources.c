@@ -1,0 +1,267 @@
+/* Application media sources and their links to the peers that send them. */
+#include <string.h>
+
+#include "internal.h"
+
+struct sora_video_source {
+  sora_context *ctx;
+  GList *links; /* sora_link*, protected by ctx->media_lock */
+  gint64 frames;
+};
+
+struct sora_audio_source {
+  sora_context *ctx;
+  GList *links;
+  gint channels;
+  gint rate;
+};
+
+static void link_free(sora_link *link) {
+  gst_object_unref(link->appsrc);
+  if (link->encoder) gst_object_unref(link->encoder);
+  g_free(link);
+}
+
+sora_link *sora_link_video(sora_video_source *src, sora_peer *peer, GstElement *appsrc, GstElement *encoder) {
+  sora_link *link = g_new0(sora_link, 1);
+  link->appsrc = appsrc;
+  link->encoder = encoder;
+  link->peer = peer;
+  link->video = src;
+  g_mutex_lock(&src->ctx->media_lock);
+  src->links = g_list_prepend(src->links, link);
+  g_mutex_unlock(&src->ctx->media_lock);
+  return link;
+}
+
+sora_link *sora_link_audio(sora_audio_source *src, sora_peer *peer, GstElement *appsrc) {
+  sora_link *link = g_new0(sora_link, 1);
+  link->appsrc = appsrc;
+  link->peer = peer;
+  link->audio = src;
+  g_mutex_lock(&src->ctx->media_lock);
+  src->links = g_list_prepend(src->links, link);
+  g_mutex_unlock(&src->ctx->media_lock);
+  return link;
+}
+
+int sora_audio_source_caps(sora_audio_source *src, gint *channels, gint *rate) {
+  *channels = src->channels;
+  *rate = src->rate;
+  return 0;
+}
+
+void sora_links_detach_peer(sora_context *ctx, GList **links) {
+  g_mutex_lock(&ctx->media_lock);
+  for (GList *l = *links; l; l = l->next) {
+    sora_link *link = l->data;
+    if (link->video) link->video->links = g_list_remove(link->video->links, link);
+    if (link->audio) link->audio->links = g_list_remove(link->audio->links, link);
+    link_free(link);
+  }
+  g_list_free(*links);
+  *links = NULL;
+  g_mutex_unlock(&ctx->media_lock);
+}
+
+/* Cut the source out of its links (caller holds media_lock); the peers free the links. */
+static void detach_source_links(GList *links) {
+  for (GList *l = links; l; l = l->next) {
+    sora_link *link = l->data;
+    link->video = NULL;
+    link->audio = NULL;
+  }
+}
+
+/* ---- video ------------------------------------------------------------------- */
+
+SORA_C_API int sora_video_source_create(sora_context *ctx, sora_video_source **out) {
+  sora_clear_error();
+  if (!ctx || !out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "context and out must not be NULL");
+  if (ctx->stopping) return sora_fail(SORA_ERR_INVALID_STATE, "context is being destroyed");
+  sora_video_source *src = g_new0(sora_video_source, 1);
+  src->ctx = ctx;
+  g_mutex_lock(&ctx->lock);
+  ctx->video_sources = g_list_prepend(ctx->video_sources, src);
+  g_mutex_unlock(&ctx->lock);
+  *out = src;
+  return SORA_OK;
+}
+
+static void push_video(sora_video_source *src, GstBuffer *buf, GstVideoFormat format, gint width, gint height) {
+  g_mutex_lock(&src->ctx->media_lock);
+  src->frames++;
+  for (GList *l = src->links; l; l = l->next) {
+    sora_link *link = l->data;
+    gboolean i420 = format == GST_VIDEO_FORMAT_I420;
+    if (link->last_width != width || link->last_height != height || link->i420 != i420) {
+      GstCaps *caps = gst_caps_new_simple("video/x-raw", "format", G_TYPE_STRING, gst_video_format_to_string(format),
+                                          "width", G_TYPE_INT, width, "height", G_TYPE_INT, height, "framerate",
+                                          GST_TYPE_FRACTION, 0, 1, NULL);
+      gst_app_src_set_caps(GST_APP_SRC(link->appsrc), caps);
+      gst_caps_unref(caps);
+      link->last_width = width;
+      link->last_height = height;
+      link->i420 = i420;
+    }
+    gst_app_src_push_buffer(GST_APP_SRC(link->appsrc), gst_buffer_ref(buf));
+  }
+  g_mutex_unlock(&src->ctx->media_lock);
+  gst_buffer_unref(buf);
+}
+
+static int check_size(gint width, gint height) {
+  if (width <= 0 || height <= 0 || width > 16384 || height > 16384)
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "frame size %dx%d is out of range (1..16384)", width, height);
+  return SORA_OK;
+}
+
+SORA_C_API int sora_video_source_push_bgr(sora_video_source *src, const uint8_t *data, int32_t width, int32_t height,
+                                          int32_t stride, int64_t timestamp_us) {
+  sora_clear_error();
+  (void)timestamp_us; /* frames are stamped with the pipeline clock when they enter it */
+  if (!src || !data) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source and data must not be NULL");
+  int rc = check_size(width, height);
+  if (rc) return rc;
+  if (stride < width * 3) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "stride %d is smaller than width*3", stride);
+  GstVideoInfo info;
+  gst_video_info_set_format(&info, GST_VIDEO_FORMAT_BGR, width, height);
+  GstBuffer *buf = gst_buffer_new_allocate(NULL, GST_VIDEO_INFO_SIZE(&info), NULL);
+  if (!buf) return sora_fail(SORA_ERR_NO_MEMORY, "cannot allocate a %dx%d frame", width, height);
+  GstMapInfo map;
+  gst_buffer_map(buf, &map, GST_MAP_WRITE);
+  gint out_stride = GST_VIDEO_INFO_PLANE_STRIDE(&info, 0);
+  for (gint y = 0; y < height; y++) memcpy(map.data + (gsize)y * out_stride, data + (gsize)y * stride, (gsize)width * 3);
+  gst_buffer_unmap(buf, &map);
+  push_video(src, buf, GST_VIDEO_FORMAT_BGR, width, height);
+  return SORA_OK;
+}
+
+SORA_C_API int sora_video_source_push_i420(sora_video_source *src, const uint8_t *y, int32_t stride_y,
+                                           const uint8_t *u, int32_t stride_u, const uint8_t *v, int32_t stride_v,
+                                           int32_t width, int32_t height, int64_t timestamp_us) {
+  sora_clear_error();
+  (void)timestamp_us;
+  if (!src || !y || !u || !v) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source and planes must not be NULL");
+  int rc = check_size(width, height);
+  if (rc) return rc;
+  gint cw = (width + 1) / 2, ch = (height + 1) / 2;
+  if (stride_y < width || stride_u < cw || stride_v < cw)
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "a plane stride is smaller than its width");
+  GstVideoInfo info;
+  gst_video_info_set_format(&info, GST_VIDEO_FORMAT_I420, width, height);
+  GstBuffer *buf = gst_buffer_new_allocate(NULL, GST_VIDEO_INFO_SIZE(&info), NULL);
+  if (!buf) return sora_fail(SORA_ERR_NO_MEMORY, "cannot allocate a %dx%d frame", width, height);
+  GstMapInfo map;
+  gst_buffer_map(buf, &map, GST_MAP_WRITE);
+  const uint8_t *planes[3] = {y, u, v};
+  gint strides[3] = {stride_y, stride_u, stride_v};
+  for (gint p = 0; p < 3; p++) {
+    gint rows = p ? ch : height, cols = p ? cw : width;
+    uint8_t *dst = map.data + GST_VIDEO_INFO_PLANE_OFFSET(&info, p);
+    gint dst_stride = GST_VIDEO_INFO_PLANE_STRIDE(&info, p);
+    for (gint r = 0; r < rows; r++) memcpy(dst + (gsize)r * dst_stride, planes[p] + (gsize)r * strides[p], cols);
+  }
+  gst_buffer_unmap(buf, &map);
+  push_video(src, buf, GST_VIDEO_FORMAT_I420, width, height);
+  return SORA_OK;
+}
+
+SORA_C_API int64_t sora_video_source_frame_count(sora_video_source *src) {
+  sora_clear_error();
+  if (!src) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source is NULL");
+  g_mutex_lock(&src->ctx->media_lock);
+  gint64 n = src->frames;
+  g_mutex_unlock(&src->ctx->media_lock);
+  return n;
+}
+
+SORA_C_API int sora_video_source_destroy(sora_video_source *src) {
+  sora_clear_error();
+  if (!src) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source is NULL");
+  sora_context *ctx = src->ctx;
+  g_mutex_lock(&ctx->lock);
+  gboolean listed = g_list_find(ctx->video_sources, src) != NULL;
+  ctx->video_sources = g_list_remove(ctx->video_sources, src);
+  g_mutex_unlock(&ctx->lock);
+  if (!listed) return sora_fail(SORA_ERR_INVALID_STATE, "video source was already destroyed");
+  g_mutex_lock(&ctx->media_lock);
+  detach_source_links(src->links);
+  g_list_free(src->links);
+  g_mutex_unlock(&ctx->media_lock);
+  g_free(src);
+  return SORA_OK;
+}
+
+/* ---- audio ------------------------------------------------------------------- */
+
+SORA_C_API int sora_audio_source_create(sora_context *ctx, int32_t channels, int32_t sample_rate,
+                                        sora_audio_source **out) {
+  sora_clear_error();
+  if (!ctx || !out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "context and out must not be NULL");
+  if (ctx->stopping) return sora_fail(SORA_ERR_INVALID_STATE, "context is being destroyed");
+  if (channels < 1 || channels > 8) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "channels must be 1..8, got %d", channels);
+  if (sample_rate < 8000 || sample_rate > 192000)
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "sample_rate must be 8000..192000, got %d", sample_rate);
+  sora_audio_source *src = g_new0(sora_audio_source, 1);
+  src->ctx = ctx;
+  src->channels = channels;
+  src->rate = sample_rate;
+  g_mutex_lock(&ctx->lock);
+  ctx->audio_sources = g_list_prepend(ctx->audio_sources, src);
+  g_mutex_unlock(&ctx->lock);
+  *out = src;
+  return SORA_OK;
+}
+
+SORA_C_API int sora_audio_source_push(sora_audio_source *src, const int16_t *samples, size_t samples_per_channel,
+                                      int64_t timestamp_us) {
+  sora_clear_error();
+  (void)timestamp_us;
+  if (!src || (!samples && samples_per_channel)) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source or samples is NULL");
+  if (samples_per_channel == 0) return SORA_OK;
+  if (samples_per_channel > (size_t)src->rate * 60)
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "more than 60 s of audio in one push");
+  gsize size = samples_per_channel * (gsize)src->channels * sizeof(int16_t);
+  GstBuffer *buf = gst_buffer_new_memdup(samples, size);
+  g_mutex_lock(&src->ctx->media_lock);
+  for (GList *l = src->links; l; l = l->next) {
+    sora_link *link = l->data;
+    gst_app_src_push_buffer(GST_APP_SRC(link->appsrc), gst_buffer_ref(buf));
+  }
+  g_mutex_unlock(&src->ctx->media_lock);
+  gst_buffer_unref(buf);
+  return SORA_OK;
+}
+
+SORA_C_API int sora_audio_source_destroy(sora_audio_source *src) {
+  sora_clear_error();
+  if (!src) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source is NULL");
+  sora_context *ctx = src->ctx;
+  g_mutex_lock(&ctx->lock);
+  gboolean listed = g_list_find(ctx->audio_sources, src) != NULL;
+  ctx->audio_sources = g_list_remove(ctx->audio_sources, src);
+  g_mutex_unlock(&ctx->lock);
+  if (!listed) return sora_fail(SORA_ERR_INVALID_STATE, "audio source was already destroyed");
+  g_mutex_lock(&ctx->media_lock);
+  detach_source_links(src->links);
+  g_list_free(src->links);
+  g_mutex_unlock(&ctx->media_lock);
+  g_free(src);
+  return SORA_OK;
+}
+
+void sora_source_destroy_all(sora_context *ctx) {
+  for (;;) {
+    g_mutex_lock(&ctx->lock);
+    sora_video_source *v = ctx->video_sources ? ctx->video_sources->data : NULL;
+    sora_audio_source *a = ctx->audio_sources ? ctx->audio_sources->data : NULL;
+    g_mutex_unlock(&ctx->lock);
+    if (v)
+      sora_video_source_destroy(v);
+    else if (a)
+      sora_audio_source_destroy(a);
+    else
+      break;
+  }
+}

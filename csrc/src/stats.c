@@ -1,0 +1,129 @@
+/* Engine statistics (a GstStructure of GstStructures) serialised as a JSON array. */
+#include <math.h>
+
+#include "internal.h"
+
+static void json_string(GString *out, const char *s) {
+  g_string_append_c(out, '"');
+  for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+    switch (*p) {
+      case '"': g_string_append(out, "\\\""); break;
+      case '\\': g_string_append(out, "\\\\"); break;
+      case '\n': g_string_append(out, "\\n"); break;
+      case '\r': g_string_append(out, "\\r"); break;
+      case '\t': g_string_append(out, "\\t"); break;
+      default:
+        if (*p < 0x20)
+          g_string_append_printf(out, "\\u%04x", *p);
+        else
+          g_string_append_c(out, (char)*p);
+    }
+  }
+  g_string_append_c(out, '"');
+}
+
+static void json_object(GString *out, const GstStructure *s, const char *id);
+
+static void json_value(GString *out, const GValue *v) {
+  GType t = G_VALUE_TYPE(v);
+  if (t == G_TYPE_BOOLEAN) {
+    g_string_append(out, g_value_get_boolean(v) ? "true" : "false");
+  } else if (t == G_TYPE_INT) {
+    g_string_append_printf(out, "%d", g_value_get_int(v));
+  } else if (t == G_TYPE_UINT) {
+    g_string_append_printf(out, "%u", g_value_get_uint(v));
+  } else if (t == G_TYPE_INT64) {
+    g_string_append_printf(out, "%" G_GINT64_FORMAT, g_value_get_int64(v));
+  } else if (t == G_TYPE_UINT64) {
+    g_string_append_printf(out, "%" G_GUINT64_FORMAT, g_value_get_uint64(v));
+  } else if (t == G_TYPE_LONG) {
+    g_string_append_printf(out, "%ld", g_value_get_long(v));
+  } else if (t == G_TYPE_ULONG) {
+    g_string_append_printf(out, "%lu", g_value_get_ulong(v));
+  } else if (t == G_TYPE_DOUBLE || t == G_TYPE_FLOAT) {
+    double d = t == G_TYPE_DOUBLE ? g_value_get_double(v) : g_value_get_float(v);
+    if (isfinite(d)) {
+      char buf[G_ASCII_DTOSTR_BUF_SIZE];
+      g_string_append(out, g_ascii_dtostr(buf, sizeof buf, d));
+    } else {
+      g_string_append(out, "null");
+    }
+  } else if (t == G_TYPE_STRING) {
+    const char *str = g_value_get_string(v);
+    if (str) json_string(out, str); else g_string_append(out, "null");
+  } else if (G_TYPE_IS_ENUM(t)) {
+    GEnumClass *klass = g_type_class_ref(t);
+    GEnumValue *ev = g_enum_get_value(klass, g_value_get_enum(v));
+    json_string(out, ev ? ev->value_nick : "unknown");
+    g_type_class_unref(klass);
+  } else if (t == GST_TYPE_STRUCTURE) {
+    const GstStructure *inner = gst_value_get_structure(v);
+    if (inner) json_object(out, inner, NULL); else g_string_append(out, "null");
+  } else if (t == GST_TYPE_LIST || t == GST_TYPE_ARRAY) {
+    g_string_append_c(out, '[');
+    guint n = t == GST_TYPE_LIST ? gst_value_list_get_size(v)
+              : t == GST_TYPE_ARRAY ? gst_value_array_get_size(v) : 0;
+    for (guint i = 0; i < n; i++) {
+      if (i) g_string_append_c(out, ',');
+      json_value(out, t == GST_TYPE_LIST ? gst_value_list_get_value(v, i) : gst_value_array_get_value(v, i));
+    }
+    g_string_append_c(out, ']');
+  } else {
+    char *text = gst_value_serialize(v);
+    if (text) json_string(out, text); else g_string_append(out, "null");
+    g_free(text);
+  }
+}
+
+typedef struct {
+  GString *out;
+  gboolean first;
+} object_state;
+
+static gboolean append_field(GQuark field, const GValue *value, gpointer data) {
+  object_state *st = data;
+  if (!st->first) g_string_append_c(st->out, ',');
+  st->first = FALSE;
+  json_string(st->out, g_quark_to_string(field));
+  g_string_append_c(st->out, ':');
+  json_value(st->out, value);
+  return TRUE;
+}
+
+static void json_object(GString *out, const GstStructure *s, const char *name_key) {
+  g_string_append_c(out, '{');
+  object_state st = {out, TRUE};
+  if (name_key) {
+    json_string(out, name_key);
+    g_string_append_c(out, ':');
+    json_string(out, gst_structure_get_name(s));
+    st.first = FALSE;
+  }
+  gst_structure_foreach(s, append_field, &st);
+  g_string_append_c(out, '}');
+}
+
+typedef struct {
+  GString *out;
+  gboolean first;
+} array_state;
+
+static gboolean append_stat(GQuark field, const GValue *value, gpointer data) {
+  (void)field;
+  array_state *st = data;
+  if (G_VALUE_TYPE(value) != GST_TYPE_STRUCTURE) return TRUE;
+  const GstStructure *s = gst_value_get_structure(value);
+  if (!s) return TRUE;
+  if (!st->first) g_string_append_c(st->out, ',');
+  st->first = FALSE;
+  json_object(st->out, s, "gst-name");
+  return TRUE;
+}
+
+char *sora_structure_to_json(const GstStructure *s) {
+  GString *out = g_string_new("[");
+  array_state st = {out, TRUE};
+  gst_structure_foreach(s, append_stat, &st);
+  g_string_append_c(out, ']');
+  return g_string_free(out, FALSE);
+}

@@ -1,0 +1,73 @@
+"""The engine context: one shim context and its dispatcher thread.
+
+Everything that calls user code runs on the dispatcher thread: engine events
+(ICE, data channels, tracks) and work posted from other Python threads (the
+WebSocket readers) with `post()`. That keeps all callbacks of one `Sora`
+serialised, as in the official SDK, and never on a GStreamer thread.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+from ._ffi import EventRouter, check, ffi, lib
+
+log = logging.getLogger("sora_sdk")
+
+
+class Context:
+    def __init__(self) -> None:
+        self._posted = collections.deque()
+        self._router = EventRouter(self._on_event)
+        out = ffi.new("sora_context **")
+        check(lib.sora_context_create(self._router.callbacks, out), "engine context")
+        self._ptr = out[0]
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def ptr(self):
+        if self._closed:
+            from .errors import SoraInvalidState
+
+            raise SoraInvalidState("the Sora instance is closed")
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def post(self, fn) -> bool:
+        """Run `fn()` on the dispatcher thread, after everything already queued."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._posted.append(fn)
+            rc = lib.sora_context_post(self._ptr, 0)
+        if rc < 0:
+            return False
+        return True
+
+    def on_dispatcher_thread(self) -> bool:
+        return not self._closed and bool(lib.sora_context_is_dispatcher_thread(self._ptr))
+
+    def _on_event(self, event) -> None:
+        fn = self._posted.popleft()
+        try:
+            fn()
+        except Exception:
+            log.exception("error in work posted to the dispatcher thread")
+
+    def close(self) -> None:
+        """Destroy every peer and source of this context and stop its thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        ptr = self._ptr
+        if lib.sora_context_is_dispatcher_thread(ptr):
+            # The dispatcher cannot join itself: finish from a helper thread.
+            threading.Thread(target=lib.sora_context_destroy, args=(ptr,), daemon=True).start()
+        else:
+            check(lib.sora_context_destroy(ptr), "engine context")

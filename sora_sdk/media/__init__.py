@@ -1,0 +1,1 @@
+"""Media objects: local sources and remote tracks."""

@@ -1,0 +1,101 @@
+"""The little of SDP the SDK needs to read: m-lines, their mids, codecs and directions."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+# Payloads that are not media codecs of their own.
+AUXILIARY = ("RTX", "RED", "ULPFEC", "FLEXFEC-03", "CN", "TELEPHONE-EVENT")
+
+
+class Codec:
+    __slots__ = ("payload_type", "name", "clock_rate", "channels", "fmtp")
+
+    def __init__(self, payload_type: int, name: str, clock_rate: int, channels: int) -> None:
+        self.payload_type = payload_type
+        self.name = name
+        self.clock_rate = clock_rate
+        self.channels = channels
+        self.fmtp: Optional[str] = None
+
+    def __repr__(self) -> str:
+        return "Codec(%d %s/%d/%d)" % (self.payload_type, self.name, self.clock_rate, self.channels)
+
+
+class MediaSection:
+    """One m-line: `index` is its position, `kind` audio/video/application."""
+
+    def __init__(self, index: int, kind: str, payload_types: List[int]) -> None:
+        self.index = index
+        self.kind = kind
+        self.payload_types = payload_types
+        self.mid: Optional[str] = None
+        self.direction = "sendrecv"
+        self.codecs: Dict[int, Codec] = {}
+        self.msid: Optional[str] = None
+        self.rids: List[str] = []
+
+    def media_codecs(self) -> List[Codec]:
+        """Codecs in preference order, without RTX/RED/FEC entries."""
+        out = []
+        for pt in self.payload_types:
+            codec = self.codecs.get(pt)
+            if codec is not None and codec.name.upper() not in AUXILIARY:
+                out.append(codec)
+        return out
+
+    @property
+    def stream_id(self) -> Optional[str]:
+        return self.msid.split()[0] if self.msid else None
+
+    @property
+    def track_id(self) -> Optional[str]:
+        parts = self.msid.split() if self.msid else []
+        return parts[1] if len(parts) > 1 else None
+
+
+def parse(sdp: str) -> List[MediaSection]:
+    """Parse the media sections of an SDP (lenient: unknown lines are skipped)."""
+    sections: List[MediaSection] = []
+    current: Optional[MediaSection] = None
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            fields = line[2:].split()
+            pts = [int(f) for f in fields[3:] if f.isdigit()]
+            current = MediaSection(len(sections), fields[0] if fields else "", pts)
+            sections.append(current)
+        elif current is None or not line.startswith("a="):
+            continue
+        else:
+            attr = line[2:]
+            name, _, value = attr.partition(":")
+            if name in DIRECTIONS and not value:
+                current.direction = name
+            elif name == "mid":
+                current.mid = value
+            elif name == "msid":
+                current.msid = value
+            elif name == "rid":
+                current.rids.append(value.split()[0])
+            elif name == "rtpmap":
+                pt_text, _, enc = value.partition(" ")
+                parts = enc.split("/")
+                if pt_text.isdigit() and parts and parts[0]:
+                    clock = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+                    channels = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 1
+                    current.codecs[int(pt_text)] = Codec(int(pt_text), parts[0], clock, channels)
+            elif name == "fmtp":
+                pt_text, _, params = value.partition(" ")
+                if pt_text.isdigit() and int(pt_text) in current.codecs:
+                    current.codecs[int(pt_text)].fmtp = params
+    return sections
+
+
+def mids(sdp: str) -> Dict[str, str]:
+    """{"audio": mid, "video": mid} of the first audio and video sections."""
+    out: Dict[str, str] = {}
+    for section in parse(sdp):
+        if section.kind in ("audio", "video") and section.kind not in out and section.mid is not None:
+            out[section.kind] = section.mid
+    return out

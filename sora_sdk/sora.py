@@ -1,0 +1,168 @@
+"""Sora: the factory of connections, sources and the engine they share."""
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from typing import List, Optional
+
+from . import codec as codec_mod
+from ._ffi import ffi, lib
+from .connect_message import default_environment, normalize_connection_options
+from .connection import SoraConnection
+from .context import Context
+from .media.audio_source import SoraAudioSource
+from .media.video_source import SoraVideoSource
+from .version import VERSION
+
+log = logging.getLogger("sora_sdk")
+_live = weakref.WeakSet()
+
+
+def engine_version() -> str:
+    return ffi.string(lib.sora_c_engine_version()).decode()
+
+
+def _identity() -> dict:
+    return {
+        "sora_client": "Sora Python SDK %s (sora_sdk on GStreamer)" % VERSION,
+        "libwebrtc": engine_version(),
+        "environment": default_environment(),
+        "user_agent": "Mozilla 5.0 (Sora Python SDK/%s)" % VERSION,
+    }
+
+
+class Sora:
+    """Owns the media engine, one dispatcher thread and everything created from it.
+
+    Additive to the official API: `close()` and use as a context manager;
+    `close()` disconnects every live connection first.
+    """
+
+    def __init__(self, openh264: Optional[str] = None, video_codec_preference=None,
+                 force_i420_conversion: Optional[bool] = None, field_trials: Optional[str] = None) -> None:
+        if openh264 is not None:
+            if not isinstance(openh264, str):
+                raise TypeError("openh264 must be a str path or None, got %s" % type(openh264).__name__)
+            codec_mod._load_openh264(openh264)  # raises ValueError naming the path
+        if video_codec_preference is not None and not isinstance(video_codec_preference,
+                                                                 codec_mod.SoraVideoCodecPreference):
+            raise TypeError("video_codec_preference must be a SoraVideoCodecPreference or None")
+        if force_i420_conversion is not None and not isinstance(force_i420_conversion, bool):
+            raise TypeError("force_i420_conversion must be a bool or None")
+        if field_trials is not None and not isinstance(field_trials, str):
+            raise TypeError("field_trials must be a str or None")
+        if video_codec_preference is not None:
+            capability = codec_mod.get_video_codec_capability(openh264)
+            errors = codec_mod.validate_video_codec_preference(video_codec_preference, capability)
+            if errors:
+                raise ValueError("invalid video_codec_preference: " + "; ".join(errors))
+        self._openh264 = openh264
+        self._video_codec_preference = video_codec_preference
+        self._force_i420_conversion = force_i420_conversion
+        self._field_trials = field_trials
+        self._identity = _identity()
+        self._context = Context()
+        self._connections: List[SoraConnection] = []
+        self._lock = threading.Lock()
+        _live.add(self)
+
+    # ---- factory methods ----
+    def create_connection(self, signaling_urls, role, channel_id, client_id=None, bundle_id=None, metadata=None,
+                          signaling_notify_metadata=None, audio_source=None, video_source=None,
+                          audio_frame_transformer=None, video_frame_transformer=None, audio=None, video=None,
+                          audio_codec_type=None, video_codec_type=None, video_bit_rate=None, audio_bit_rate=None,
+                          video_vp9_params=None, video_av1_params=None, video_h264_params=None,
+                          video_h265_params=None, audio_opus_params=None, simulcast=None, spotlight=None,
+                          spotlight_number=None, simulcast_rid=None, simulcast_request_rid=None,
+                          spotlight_focus_rid=None, spotlight_unfocus_rid=None, forwarding_filter=None,
+                          forwarding_filters=None, data_channels=None, data_channel_signaling=None,
+                          ignore_disconnect_websocket=None, data_channel_signaling_timeout=None,
+                          disconnect_wait_timeout=None, websocket_close_timeout=None,
+                          websocket_connection_timeout=None, audio_streaming_language_code=None, insecure=None,
+                          client_cert=None, client_key=None, ca_cert=None, proxy_url=None, proxy_username=None,
+                          proxy_password=None, proxy_agent=None, degradation_preference=None,
+                          user_agent=None) -> SoraConnection:
+        """Create a connection (not connected yet: call `connect()`). Parameters as in the official SDK."""
+        args = dict(locals())
+        del args["self"]
+        self._check_open()
+        for name in ("audio_source", "video_source"):
+            source = args[name]
+            if source is not None:
+                expected = SoraAudioSource if name == "audio_source" else SoraVideoSource
+                if not isinstance(source, expected):
+                    raise TypeError("%s must be a %s created by Sora, got %s"
+                                    % (name, expected.__name__, type(source).__name__))
+                if source._context is not self._context:
+                    raise ValueError("%s was created by another Sora instance" % name)
+        for name in ("audio_frame_transformer", "video_frame_transformer"):
+            if args[name] is not None:
+                from .errors import SoraUnsupported
+
+                raise SoraUnsupported("%s: encoded frame transformers are not available in this build yet" % name)
+        options = normalize_connection_options(**args)
+        return SoraConnection(self, options, identity=self._identity, _internal=True)
+
+    def create_audio_source(self, channels: int, sample_rate: int) -> SoraAudioSource:
+        self._check_open()
+        return SoraAudioSource(self._context, channels, sample_rate)
+
+    def create_video_source(self) -> SoraVideoSource:
+        self._check_open()
+        return SoraVideoSource(self._context)
+
+    def create_libcamera_source(self, width: int, height: int, fps: int, native_frame_output: bool,
+                                controls=None):
+        if controls is not None:
+            for control in controls:
+                if not (isinstance(control, tuple) and len(control) == 2
+                        and all(isinstance(x, str) for x in control)):
+                    raise ValueError("Each control must be a tuple of (name, value)")
+        raise RuntimeError("Libcamera is not supported on this platform")
+
+    # ---- lifetime ----
+    def _check_open(self) -> None:
+        if self._context.closed:
+            from .errors import SoraInvalidState
+
+            raise SoraInvalidState("this Sora instance is closed")
+
+    def _register(self, connection: SoraConnection) -> None:
+        with self._lock:
+            self._connections.append(connection)
+
+    def _unregister(self, connection: SoraConnection) -> None:
+        with self._lock:
+            if connection in self._connections:
+                self._connections.remove(connection)
+
+    def close(self) -> None:
+        """Disconnect every connection, then stop the engine (idempotent)."""
+        if self._context.closed:
+            return
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.disconnect()
+            except Exception:
+                log.exception("disconnect during Sora.close() failed")
+        self._context.close()
+
+    def __enter__(self) -> "Sora":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@atexit.register
+def _close_all() -> None:
+    # The dispatcher is a native thread: it must be stopped before the interpreter goes away.
+    for sora in list(_live):
+        try:
+            sora.close()
+        except Exception:
+            log.exception("closing a Sora instance at exit failed")

@@ -1,0 +1,204 @@
+"""W3C webrtc-stats from the engine's statistics.
+
+GStreamer 1.22's get-stats uses dashed names and has known faults (every
+RTP stream reports the first transceiver's `kind` and `codec-id`, and the
+local/remote candidate types are swapped). This module fixes those from the
+data that is right (codec entries carry the SSRC and MIME type; the
+candidate pair names which candidate is local), renames fields to the W3C
+camelCase names and adds what the engine leaves out (DTLS state,
+certificates, data channels, media sources).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from typing import Dict, Iterable, List, Optional
+
+ENCODER_IMPLEMENTATIONS = {
+    "VP8": "libvpx", "VP9": "libvpx", "AV1": "libaom", "H264": "x264", "H265": "x265", "OPUS": "libopus",
+}
+DECODER_IMPLEMENTATIONS = {
+    "VP8": "libvpx", "VP9": "libvpx", "AV1": "libaom", "H264": "FFmpeg", "H265": "FFmpeg", "OPUS": "libopus",
+}
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("-")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _copy(src: dict, dst: dict, names: Iterable[str]) -> None:
+    for name in names:
+        if name in src:
+            dst[camel(name)] = src[name]
+
+
+def _certificate(cid: str, pem: str) -> Optional[dict]:
+    body = "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
+    try:
+        der = base64.b64decode(body)
+    except ValueError:
+        return None
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return {
+        "id": cid, "type": "certificate",
+        "fingerprint": ":".join(digest[i:i + 2] for i in range(0, len(digest), 2)),
+        "fingerprintAlgorithm": "sha-256", "base64Certificate": body,
+    }
+
+
+def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources: Iterable[dict] = (),
+           outbound_extra: Optional[Dict[str, dict]] = None, now_us: Optional[int] = None) -> List[dict]:
+    """Convert the engine's raw stats into a list of W3C RTCStats dicts.
+
+    `outbound_extra` maps kind ("audio"/"video") to fields added to that kind's
+    outbound-rtp entries (encoder name, frame size, target bitrate...).
+    """
+    ts = int(time.time() * 1e6) if now_us is None else now_us
+    by_ssrc: Dict[int, dict] = {}
+    for item in raw:
+        if item.get("type") == "codec" and "ssrc" in item:
+            by_ssrc[item["ssrc"]] = item
+    local_ids = set()
+    remote_ids = set()
+    for item in raw:
+        if item.get("type") == "candidate-pair":
+            local_ids.add(item.get("local-candidate-id"))
+            remote_ids.add(item.get("remote-candidate-id"))
+    dtls = next((i for i in raw if i.get("gst-name") == "sora-dtls-transport"), {})
+    out: List[dict] = []
+    codecs_out = {}
+    transport_id = None
+    outbound_extra = outbound_extra or {}
+
+    def base(item: dict, kind: str) -> dict:
+        return {"id": item["id"], "type": kind, "timestamp": ts}
+
+    def codec_of(item: dict) -> Optional[dict]:
+        codec = by_ssrc.get(item.get("ssrc"))
+        if codec is not None:
+            codecs_out[codec["id"]] = codec
+        return codec
+
+    def media_kind(item: dict) -> str:
+        codec = by_ssrc.get(item.get("ssrc"))
+        mime = codec.get("mime-type", "") if codec else ""
+        return mime.split("/")[0] if "/" in mime else item.get("kind", "")
+
+    def codec_name(item: dict) -> str:
+        codec = by_ssrc.get(item.get("ssrc"))
+        mime = codec.get("mime-type", "") if codec else ""
+        return mime.split("/")[-1].upper()
+
+    for item in raw:
+        kind = item.get("type")
+        if kind in ("outbound-rtp", "inbound-rtp", "remote-inbound-rtp", "remote-outbound-rtp"):
+            entry = base(item, kind)
+            entry["ssrc"] = item.get("ssrc")
+            entry["kind"] = media_kind(item)
+            codec = codec_of(item)
+            if codec is not None:
+                entry["codecId"] = codec["id"]
+            _copy(item, entry, ("transport-id",))
+            transport_id = transport_id or item.get("transport-id")
+            if kind == "outbound-rtp":
+                _copy(item, entry, ("bytes-sent", "packets-sent", "fir-count", "pli-count", "nack-count", "remote-id"))
+                name = codec_name(item)
+                if name in ENCODER_IMPLEMENTATIONS:
+                    entry["encoderImplementation"] = ENCODER_IMPLEMENTATIONS[name]
+                entry["mediaSourceId"] = "media-source-" + entry["kind"]
+                entry.update(outbound_extra.get(entry["kind"], {}))
+            elif kind == "inbound-rtp":
+                _copy(item, entry, ("packets-received", "bytes-received", "jitter", "fir-count", "pli-count",
+                                    "nack-count", "remote-id"))
+                src = item.get("gst-rtpsource-stats", {})
+                lost = src.get("packets-lost", item.get("packets-lost", 0))
+                entry["packetsLost"] = max(0, lost) if isinstance(lost, int) else 0
+                name = codec_name(item)
+                if name in DECODER_IMPLEMENTATIONS:
+                    entry["decoderImplementation"] = DECODER_IMPLEMENTATIONS[name]
+                entry["trackIdentifier"] = entry["id"]
+            elif kind == "remote-inbound-rtp":
+                _copy(item, entry, ("local-id", "fraction-lost", "round-trip-time"))
+                lost = item.get("packets-lost", 0)
+                entry["packetsLost"] = max(0, lost) if isinstance(lost, int) else 0
+            else:
+                _copy(item, entry, ("local-id", "remote-timestamp"))
+            out.append(entry)
+        elif kind in ("local-candidate", "remote-candidate"):
+            if item.get("id") in local_ids:
+                kind = "local-candidate"
+            elif item.get("id") in remote_ids:
+                kind = "remote-candidate"
+            entry = base(item, kind)
+            _copy(item, entry, ("transport-id", "address", "port", "protocol", "candidate-type", "priority", "url"))
+            entry["isRemote"] = kind == "remote-candidate"
+            out.append(entry)
+        elif kind == "candidate-pair":
+            entry = base(item, kind)
+            _copy(item, entry, ("local-candidate-id", "remote-candidate-id"))
+            entry["transportId"] = transport_id
+            entry["state"] = "succeeded"
+            entry["nominated"] = True
+            out.append(entry)
+        elif kind == "transport":
+            entry = base(item, kind)
+            _copy(item, entry, ("selected-candidate-pair-id",))
+            transport_id = transport_id or item["id"]
+            _add_transport_state(entry, dtls)
+            out.append(entry)
+        elif kind == "peer-connection":
+            entry = base(item, kind)
+            channels = list(data_channels)
+            entry["dataChannelsOpened"] = sum(1 for c in channels if c.get("opened"))
+            entry["dataChannelsClosed"] = sum(1 for c in channels if c.get("state") == "closed")
+            out.append(entry)
+    for cid, codec in codecs_out.items():
+        entry = base(codec, "codec")
+        _copy(codec, entry, ("payload-type", "mime-type", "clock-rate", "channels", "sdp-fmtp-line"))
+        if "sdpFmtpLine" in entry:
+            fmtp = entry["sdpFmtpLine"]
+            entry["sdpFmtpLine"] = fmtp.split(" ", 1)[1] if " " in fmtp else fmtp
+        if "mimeType" in entry:
+            kind_part, _, name = entry["mimeType"].partition("/")
+            entry["mimeType"] = kind_part + "/" + (name if name.upper() != "OPUS" else "opus")
+        if transport_id:
+            entry["transportId"] = transport_id
+        out.append(entry)
+    if dtls:
+        if not any(e["type"] == "transport" for e in out):
+            entry = {"id": "transport-0", "type": "transport", "timestamp": ts}
+            _add_transport_state(entry, dtls)
+            out.append(entry)
+        for cid, key in (("certificate-local", "certificate"), ("certificate-remote", "remote-certificate")):
+            cert = _certificate(cid, dtls.get(key, "")) if dtls.get(key) else None
+            if cert is not None:
+                cert["timestamp"] = ts
+                out.append(cert)
+    for channel in data_channels:
+        entry = {"id": "data-channel-%d" % channel["id"], "type": "data-channel", "timestamp": ts,
+                 "label": channel["label"], "protocol": channel.get("protocol", ""),
+                 "dataChannelIdentifier": channel["id"], "state": channel["state"],
+                 "messagesSent": channel["messages_sent"], "bytesSent": channel["bytes_sent"],
+                 "messagesReceived": channel["messages_received"], "bytesReceived": channel["bytes_received"]}
+        out.append(entry)
+    for source in media_sources:
+        entry = {"type": "media-source", "timestamp": ts}
+        entry.update(source)
+        out.append(entry)
+    return out
+
+
+def _add_transport_state(entry: dict, dtls: dict) -> None:
+    if not dtls:
+        return
+    entry["dtlsState"] = dtls.get("dtls-state", "new")
+    if "ice-state" in dtls:
+        entry["iceState"] = dtls["ice-state"]
+    if "ice-role" in dtls:
+        entry["iceRole"] = dtls["ice-role"]
+    if dtls.get("certificate"):
+        entry["localCertificateId"] = "certificate-local"
+    if dtls.get("remote-certificate"):
+        entry["remoteCertificateId"] = "certificate-remote"

@@ -1,0 +1,129 @@
+"""The REST API of the local Sora server.
+
+Requests are ``POST`` with the header ``x-sora-target: Sora_20151104.<Action>``
+and a JSON object body; responses are JSON. Supported actions:
+
+* ``DisconnectConnection`` {channel_id, connection_id} -> {}
+  (the client's WebSocket is closed with 1000 "DISCONNECTED-API")
+* ``PushChannel`` {channel_id, data} -> {}
+* ``PushConnection`` {channel_id, connection_id, data} -> {}
+* ``RequestKeyFrame`` {channel_id, connection_id} -> {}
+* ``GetStatsConnection`` {channel_id, connection_id} -> stats of the server peer
+* ``ListChannelConnections`` {channel_id} -> [connection, ...]
+* ``ListConnections`` {} -> [connection, ...] (every channel)
+
+Errors are ``400`` (or ``404`` for an unknown connection) with
+``{"error_type": ..., "message": ...}``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Tuple
+
+TARGET_PREFIX = "Sora_20151104."
+MAX_BODY = 1 << 20
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+def _require_str(body: Dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "INVALID-PARAMETER", "%s must be a non-empty string" % key)
+    return value
+
+
+def _session(sora, body: Dict[str, Any]):
+    channel_id = _require_str(body, "channel_id")
+    connection_id = _require_str(body, "connection_id")
+    session = sora._registry.session(connection_id)
+    if session is None or session.channel_id != channel_id:
+        raise ApiError(404, "CONNECTION-NOT-FOUND", "no connection %s in channel %s" % (connection_id, channel_id))
+    return session
+
+
+def _data(body: Dict[str, Any]):
+    if "data" not in body:
+        raise ApiError(400, "INVALID-PARAMETER", "data is required")
+    data = body["data"]
+    if not isinstance(data, dict):
+        raise ApiError(400, "INVALID-PARAMETER", "data must be a JSON object")
+    return data
+
+
+def _disconnect(sora, body):
+    session = _session(sora, body)
+    session.terminate(1000, "DISCONNECTED-API")
+    return {}
+
+
+def _push_channel(sora, body):
+    channel_id = _require_str(body, "channel_id")
+    sora.push(channel_id, _data(body))
+    return {}
+
+
+def _push_connection(sora, body):
+    data = _data(body)
+    session = _session(sora, body)
+    session.send_push(data)
+    return {}
+
+
+def _request_key_frame(sora, body):
+    session = _session(sora, body)
+    sora.request_key_frame(session.connection_id)
+    return {}
+
+
+def _get_stats(sora, body):
+    session = _session(sora, body)
+    return sora.stats(session.connection_id)
+
+
+def _list_channel(sora, body):
+    channel_id = _require_str(body, "channel_id")
+    return sora.connections(channel_id)
+
+
+def _list_all(sora, body):
+    return sora.connections()
+
+
+ACTIONS = {
+    "DisconnectConnection": _disconnect,
+    "PushChannel": _push_channel,
+    "PushConnection": _push_connection,
+    "RequestKeyFrame": _request_key_frame,
+    "GetStatsConnection": _get_stats,
+    "ListChannelConnections": _list_channel,
+    "ListConnections": _list_all,
+}
+
+
+def handle(sora, method: str, headers: Dict[str, str], body: bytes) -> Tuple[int, Any]:
+    """Run one API request; returns (HTTP status, JSON-serialisable body)."""
+    try:
+        if method != "POST":
+            raise ApiError(405, "METHOD-NOT-ALLOWED", "the API only accepts POST")
+        target = headers.get("x-sora-target", "")
+        if not target.startswith(TARGET_PREFIX):
+            raise ApiError(400, "INVALID-TARGET", "x-sora-target must be %s<Action>" % TARGET_PREFIX)
+        action = ACTIONS.get(target[len(TARGET_PREFIX):])
+        if action is None:
+            raise ApiError(400, "UNKNOWN-ACTION", "unknown action %s" % target[len(TARGET_PREFIX):])
+        try:
+            parsed = json.loads(body.decode("utf-8")) if body.strip() else {}
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ApiError(400, "INVALID-JSON", "body is not JSON: %s" % exc)
+        if not isinstance(parsed, dict):
+            raise ApiError(400, "INVALID-JSON", "body must be a JSON object")
+        return 200, action(sora, parsed)
+    except ApiError as exc:
+        return exc.status, {"error_type": exc.error_type, "message": exc.message}

@@ -1,0 +1,399 @@
+"""The local Sora-compatible server: listener, HTTP routing and the public `LocalSora` object.
+
+One TCP port serves both the signaling WebSocket (``GET /signaling`` with
+``Upgrade: websocket``) and the REST API (``POST /``). Each accepted socket
+gets its own thread; a WebSocket's thread then runs its Session for the whole
+life of the connection. All server peers live in one engine Context owned by
+the server.
+"""
+from __future__ import annotations
+
+import heapq
+import http.client
+import json
+import logging
+import socket
+import select
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from .. import websocket
+from ..context import Context
+from . import api
+from .channel import ChannelRegistry
+from .session import Session, encode_json
+
+log = logging.getLogger("sora_sdk.testing")
+
+MAX_SIGNALING_MESSAGE = 4 * 1024 * 1024
+
+
+class Scheduler:
+    """One thread running short callbacks at given times (timers of every session)."""
+
+    class Handle:
+        __slots__ = ("cancelled",)
+
+        def __init__(self) -> None:
+            self.cancelled = False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list = []
+        self._seq = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="local-sora-timers", daemon=True)
+        self._thread.start()
+
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> "Scheduler.Handle":
+        handle = Scheduler.Handle()
+        with self._cond:
+            if self._stopped:
+                handle.cancelled = True
+                return handle
+            self._seq += 1
+            heapq.heappush(self._heap, (time.monotonic() + max(delay, 0.0), self._seq, fn, handle))
+            self._cond.notify()
+        return handle
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopped:
+                        return
+                    if self._heap:
+                        wait = self._heap[0][0] - time.monotonic()
+                        if wait <= 0:
+                            _, _, fn, handle = heapq.heappop(self._heap)
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait()
+            if handle.cancelled:
+                continue
+            try:
+                fn()
+            except Exception:
+                log.exception("error in a local Sora timer")
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._heap = []
+            self._cond.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+
+
+class LocalSora:
+    """A Sora-compatible signaling server on loopback, for tests and offline use.
+
+    ``with LocalSora() as sora: ...`` -- connect a client to ``sora.signaling_url``.
+
+    Parameters:
+
+    * ``host``/``port``: where to listen (port 0 picks a free port; see ``.port``).
+    * ``secret``: when set, every connect must carry an HS256 JWT in
+      ``metadata.access_token`` (or ``metadata.signaling_key`` / a string metadata).
+    * ``auth_hook(connect_message) -> dict | None``: called for every connect;
+      return overrides (keys of ``auth.OVERRIDE_KEYS``, plus ``metadata`` /
+      ``authz_metadata``), None to accept, or raise to reject (``AUTHZ-FAILED``).
+    * ``signaling_key``: when set, ``metadata.signaling_key`` must equal it.
+    * ``redirect_to``: answer every connect that is not itself a redirected one
+      (``"redirect": true``) with ``{"type":"redirect","location":redirect_to}``.
+    * ``ping_interval``: seconds between WebSocket ``ping`` messages (None: off);
+      ``ping_stats`` asks for stats in them.
+    * ``video_codec_type``: codec when the client names none (VP9 as real Sora).
+    * ``compress_labels``: standard DataChannel labels offered with compress=true.
+    * ``ice_gathering_timeout``: seconds to wait for server candidates before the offer.
+    * ``connect_timeout``: seconds a new WebSocket may take to send ``connect``.
+    * ``ice_address``: gather server ICE candidates on this address instead of 127.0.0.1
+      (e.g. a veth address in a test network namespace).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, secret=None,
+                 auth_hook: Optional[Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]] = None, *,
+                 signaling_key: Optional[str] = None, redirect_to: Optional[str] = None,
+                 ping_interval: Optional[float] = None, ping_stats: bool = False,
+                 video_codec_type: str = "VP9", compress_labels=(),
+                 ice_gathering_timeout: float = 5.0, connect_timeout: float = 10.0,
+                 ice_address: Optional[str] = None, start: bool = True) -> None:
+        self.host = host
+        self.secret = secret
+        self.auth_hook = auth_hook
+        self.signaling_key = signaling_key
+        self.redirect_to = redirect_to
+        self.ping_interval = ping_interval
+        self.ping_stats = ping_stats
+        self.video_codec_type = video_codec_type.upper()
+        self.compress_labels = frozenset(compress_labels)
+        self.ice_gathering_timeout = ice_gathering_timeout
+        self.connect_timeout = connect_timeout
+        self.ice_address = ice_address
+        self._requested_port = port
+        self._registry = ChannelRegistry()
+        self._lock = threading.Lock()
+        self._threads: List[threading.Thread] = []
+        self._sockets: set = set()
+        self._sessions: set = set()
+        self._closing = False
+        self._started = False
+        self._listener: Optional[socket.socket] = None
+        self._accept_thread: Optional[threading.Thread] = None
+        self.context: Optional[Context] = None
+        self.scheduler: Optional[Scheduler] = None
+        self.port = 0
+        if start:
+            self.start()
+
+    # ---- life cycle ----
+    def start(self) -> "LocalSora":
+        if self._started:
+            return self
+        self._started = True
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self._requested_port))
+            listener.listen(64)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self.context = Context()
+        self.scheduler = Scheduler()
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="local-sora-accept", daemon=True)
+        self._accept_thread.start()
+        return self
+
+    def __enter__(self) -> "LocalSora":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Disconnect every client (close 1001 "SHUTDOWN"), stop every thread, release the engine."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            sessions = list(self._sessions)
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout)
+        if self._listener is not None:
+            self._listener.close()
+        for session in sessions:
+            session.terminate(1001, "SHUTDOWN")
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                threads = [t for t in self._threads if t.is_alive()]
+                socks = list(self._sockets)
+            if not threads:
+                break
+            if time.monotonic() >= deadline:
+                log.warning("local Sora: %d connection threads did not stop in time", len(threads))
+                for sock in socks:  # last resort: wake whatever still blocks on a socket
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                for thread in threads:
+                    thread.join(1.0)
+                break
+            threads[0].join(max(0.0, min(0.2, deadline - time.monotonic())))
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.context is not None:
+            self.context.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    # ---- addresses ----
+    def _url_host(self) -> str:
+        return "[%s]" % self.host if ":" in self.host else self.host
+
+    @property
+    def signaling_url(self) -> str:
+        return "ws://%s:%d/signaling" % (self._url_host(), self.port)
+
+    @property
+    def api_url(self) -> str:
+        return "http://%s:%d/" % (self._url_host(), self.port)
+
+    # ---- in-process API ----
+    def connections(self, channel_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Connections that completed signaling (answer applied), as dicts; all channels if None."""
+        if channel_id is None:
+            sessions = []
+            for cid in self._registry.channel_ids():
+                sessions.extend(self._registry.joined(cid))
+        else:
+            sessions = self._registry.joined(channel_id)
+        return [s.info() for s in sessions]
+
+    def wait_connections(self, channel_id: str, count: int, timeout: float = 10.0) -> List[Dict[str, Any]]:
+        """Wait until `channel_id` has exactly `count` joined connections; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.connections(channel_id)
+            if len(current) == count:
+                return current
+            if time.monotonic() >= deadline:
+                raise TimeoutError("channel %s has %d connections, not %d" % (channel_id, len(current), count))
+            time.sleep(0.02)
+
+    def push(self, channel_id: str, data: Dict[str, Any]) -> int:
+        """Send a push message to every connection of the channel; returns how many got it."""
+        encode_json({"type": "push", "data": data})  # ValueError for data that is not JSON
+        return self._registry.push(channel_id, data)
+
+    def push_connection(self, connection_id: str, data: Dict[str, Any]) -> bool:
+        encode_json({"type": "push", "data": data})
+        session = self._registry.session(connection_id)
+        if session is None:
+            return False
+        session.send_push(data)
+        return True
+
+    def disconnect(self, connection_id: str, reason: str = "DISCONNECTED-API", code: int = 1000) -> bool:
+        """Close a connection from the server (as the REST DisconnectConnection does)."""
+        session = self._registry.session(connection_id)
+        if session is None:
+            return False
+        session.terminate(code, reason)
+        return True
+
+    def request_key_frame(self, connection_id: str) -> bool:
+        session = self._registry.session(connection_id)
+        if session is None:
+            return False
+        channel = self._registry.channel(session.channel_id)
+        if channel is not None:
+            channel.media.request_key_frame(session)
+        return True
+
+    def stats(self, connection_id: str) -> Optional[List[Dict[str, Any]]]:
+        """The server peer's statistics for a connection (None if unknown)."""
+        session = self._registry.session(connection_id)
+        if session is None:
+            return None
+        return session.stats()
+
+    # ---- listener ----
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        while not self._closing:
+            try:
+                ready, _, _ = select.select([listener], [], [], 0.1)
+            except (OSError, ValueError):
+                break
+            if not ready:
+                continue
+            try:
+                sock, address = listener.accept()
+            except OSError:
+                continue
+            with self._lock:
+                if self._closing:
+                    sock.close()
+                    break
+                self._threads = [t for t in self._threads if t.is_alive()]
+                thread = threading.Thread(target=self._serve_socket, args=(sock, address),
+                                          name="local-sora-conn", daemon=True)
+                self._threads.append(thread)
+                self._sockets.add(sock)
+            thread.start()
+
+    def _serve_socket(self, sock: socket.socket, address) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                request = websocket.read_request(sock, timeout=10.0)
+            except websocket.WebSocketError:
+                return
+            if "websocket" in request.headers.get("upgrade", "").lower():
+                self._serve_websocket(sock, request)
+            else:
+                self._serve_http(sock, request)
+        except Exception:
+            log.exception("local Sora: error while serving %s", address)
+        finally:
+            with self._lock:
+                self._sockets.discard(sock)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _serve_websocket(self, sock: socket.socket, request) -> None:
+        path = request.path.split("?", 1)[0]
+        if path.rstrip("/") != "/signaling":
+            websocket.reject(sock, 404, "Not Found", request=request)
+            return
+        try:
+            ws = websocket.accept(sock, request=request, max_message_size=MAX_SIGNALING_MESSAGE)
+        except websocket.WebSocketError:
+            return
+        session = Session(self, ws)
+        with self._lock:
+            if self._closing:
+                ws.close(1001, "SHUTDOWN", timeout=1.0)
+                return
+            self._sessions.add(session)
+        try:
+            session.run()
+        finally:
+            with self._lock:
+                self._sessions.discard(session)
+
+    def _serve_http(self, sock: socket.socket, request) -> None:
+        body = request.rest
+        if request.headers.get("transfer-encoding"):
+            self._respond(sock, 411, {"error_type": "LENGTH-REQUIRED", "message": "chunked bodies are not supported"})
+            return
+        try:
+            length = int(request.headers.get("content-length", "0"))
+        except ValueError:
+            length = -1
+        if length < 0 or length > api.MAX_BODY:
+            self._respond(sock, 400, {"error_type": "INVALID-LENGTH", "message": "bad Content-Length"})
+            return
+        sock.settimeout(10.0)
+        try:
+            while len(body) < length:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                body += chunk
+        except OSError:
+            return
+        status, result = api.handle(self, request.method, request.headers, body[:length])
+        self._respond(sock, status, result)
+
+    @staticmethod
+    def _respond(sock: socket.socket, status: int, result: Any) -> None:
+        payload = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                "Connection: close\r\n\r\n" % (status, http.client.responses.get(status, "Error"), len(payload)))
+        try:
+            sock.settimeout(10.0)
+            sock.sendall(head.encode("latin-1") + payload)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    # ---- used by sessions ----
+    @property
+    def registry(self) -> ChannelRegistry:
+        return self._registry
