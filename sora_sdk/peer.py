@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import contextmanager
 from typing import Callable, List, Optional
 
 from ._ffi import EventRouter, cbuf, check, cstr, ffi, lib, take_string
@@ -71,6 +72,9 @@ class Peer:
         check(lib.sora_peer_create(context.ptr, cfg, self._router.callbacks, out), "create peer")
         self._ptr = out[0]
         self._closed = False
+        # Serialises calls with close(): the shim frees the peer after destroy,
+        # so no call may start once close() has begun.
+        self._lock = threading.RLock()
 
     # ---- events ----
     def _handle_event(self, ev) -> None:
@@ -89,11 +93,12 @@ class Peer:
     def _handle_destroy(self) -> None:
         self._on_event = None
 
-    @property
-    def ptr(self):
-        if self._closed:
-            raise SoraInvalidState("the peer connection is closed")
-        return self._ptr
+    @contextmanager
+    def _use(self):
+        with self._lock:
+            if self._closed or self._context.closed:
+                raise SoraInvalidState("the peer connection is closed")
+            yield self._ptr
 
     @property
     def closed(self) -> bool:
@@ -101,36 +106,43 @@ class Peer:
 
     # ---- negotiation ----
     def add_transceiver(self, kind: str, direction: str, caps: Optional[str] = None) -> None:
-        check(lib.sora_peer_add_transceiver(self.ptr, cstr(kind), DIRECTIONS[direction], cstr(caps)),
+        with self._use() as ptr:
+            check(lib.sora_peer_add_transceiver(ptr, cstr(kind), DIRECTIONS[direction], cstr(caps)),
               "add transceiver")
 
     def set_direction(self, mline: int, direction: str) -> None:
-        check(lib.sora_peer_set_direction(self.ptr, mline, DIRECTIONS[direction]), "set direction")
+        with self._use() as ptr:
+            check(lib.sora_peer_set_direction(ptr, mline, DIRECTIONS[direction]), "set direction")
 
     def set_remote_description(self, sdp_type: str, sdp: str) -> None:
-        check(lib.sora_peer_set_remote_description(self.ptr, cstr(sdp_type), cstr(sdp)),
+        with self._use() as ptr:
+            check(lib.sora_peer_set_remote_description(ptr, cstr(sdp_type), cstr(sdp)),
               "set remote %s" % sdp_type)
 
     def create_offer(self) -> str:
         out = ffi.new("char **")
-        check(lib.sora_peer_create_offer(self.ptr, out), "create offer")
+        with self._use() as ptr:
+            check(lib.sora_peer_create_offer(ptr, out), "create offer")
         return take_string(out[0])
 
     def create_answer(self) -> str:
         out = ffi.new("char **")
-        check(lib.sora_peer_create_answer(self.ptr, out), "create answer")
+        with self._use() as ptr:
+            check(lib.sora_peer_create_answer(ptr, out), "create answer")
         return take_string(out[0])
 
     def local_description(self) -> str:
         out = ffi.new("char **")
-        check(lib.sora_peer_get_local_description(self.ptr, out), "local description")
+        with self._use() as ptr:
+            check(lib.sora_peer_get_local_description(ptr, out), "local description")
         return take_string(out[0])
 
     def wait_gathering_complete(self, timeout: float) -> bool:
         return self._gathered.wait(timeout)
 
     def add_ice_candidate(self, mline: int, candidate: str) -> None:
-        check(lib.sora_peer_add_ice_candidate(self.ptr, mline, cstr(candidate)), "add ICE candidate")
+        with self._use() as ptr:
+            check(lib.sora_peer_add_ice_candidate(ptr, mline, cstr(candidate)), "add ICE candidate")
 
     # ---- media ----
     @staticmethod
@@ -151,16 +163,19 @@ class Peer:
                             bitrate_kbps: int = 0, fmtp: Optional[str] = None) -> None:
         keep: list = []
         p = self._codec_params(codec, payload_type, 90000, 0, bitrate_kbps, fmtp, keep)
-        check(lib.sora_peer_attach_video_source(self.ptr, source_ptr, mline, p), "attach video")
+        with self._use() as ptr:
+            check(lib.sora_peer_attach_video_source(ptr, source_ptr, mline, p), "attach video")
 
     def attach_audio_source(self, source_ptr, mline: int, codec: str, payload_type: int,
                             bitrate_kbps: int = 0, fmtp: Optional[str] = None) -> None:
         keep: list = []
         p = self._codec_params(codec, payload_type, 48000, 2, bitrate_kbps, fmtp, keep)
-        check(lib.sora_peer_attach_audio_source(self.ptr, source_ptr, mline, p), "attach audio")
+        with self._use() as ptr:
+            check(lib.sora_peer_attach_audio_source(ptr, source_ptr, mline, p), "attach audio")
 
     def request_key_frame(self) -> None:
-        check(lib.sora_peer_request_key_frame(self.ptr), "request key frame")
+        with self._use() as ptr:
+            check(lib.sora_peer_request_key_frame(ptr), "request key frame")
 
     # ---- data channels ----
     def create_data_channel(self, label: str, *, ordered: Optional[bool] = None,
@@ -176,32 +191,38 @@ class Peer:
         init.negotiated = 1 if negotiated else 0
         init.id = -1 if channel_id is None else channel_id
         out = ffi.new("int32_t *")
-        check(lib.sora_peer_create_data_channel(self.ptr, cstr(label), init, out), "create data channel")
+        with self._use() as ptr:
+            check(lib.sora_peer_create_data_channel(ptr, cstr(label), init, out), "create data channel")
         return out[0]
 
     def send_data(self, channel_id: int, data: bytes, binary: bool = True) -> None:
         buf = ffi.from_buffer(data)
-        check(lib.sora_peer_send_data(self.ptr, channel_id, buf, len(buf), 1 if binary else 0),
+        with self._use() as ptr:
+            check(lib.sora_peer_send_data(ptr, channel_id, buf, len(buf), 1 if binary else 0),
               "send on data channel")
 
     def close_data_channel(self, channel_id: int) -> None:
-        check(lib.sora_peer_close_data_channel(self.ptr, channel_id), "close data channel")
+        with self._use() as ptr:
+            check(lib.sora_peer_close_data_channel(ptr, channel_id), "close data channel")
 
     def open_data_channel_count(self) -> int:
-        return check(lib.sora_peer_open_data_channel_count(self.ptr), "data channel count")
+        with self._use() as ptr:
+            return check(lib.sora_peer_open_data_channel_count(ptr), "data channel count")
 
     # ---- stats / end ----
     def get_stats(self) -> List[dict]:
         """The engine's raw statistics (a list of dicts with a "gst-name" key)."""
         out = ffi.new("char **")
-        check(lib.sora_peer_get_stats(self.ptr, out), "get stats")
+        with self._use() as ptr:
+            check(lib.sora_peer_get_stats(ptr, out), "get stats")
         return json.loads(take_string(out[0]))
 
     def close(self) -> None:
         """Stop media and release the peer (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._context.closed:
-            return  # the context already destroyed every peer
-        check(lib.sora_peer_destroy(self._ptr), "destroy peer")
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._context.closed:
+                return  # the context already destroyed every peer
+            check(lib.sora_peer_destroy(self._ptr), "destroy peer")

@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import queue
+import re
 import select
 import shutil
 import socket
@@ -33,7 +34,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
-    "MAX_MESSAGE_SIZE",
+    "MAX_MESSAGE_SIZE", "NO_STATUS_CODE",
     "OP_CONTINUATION", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
     "WebSocketError", "HandshakeError", "HandshakeTimeout", "InvalidURLError",
     "WebSocketClosed", "WebSocketEOF", "ProtocolError",
@@ -290,10 +291,12 @@ def _ssl_error_message(error: ssl.SSLError) -> str:
     if isinstance(error, ssl.SSLCertVerificationError):
         detail = getattr(error, "verify_message", None)
         return "certificate verify failed" + (": %s" % detail if detail else "")
+    if isinstance(error, ssl.SSLEOFError):
+        return "stream truncated"  # asio's name for an EOF inside TLS
     reason = getattr(error, "reason", None)
     if reason:
         return reason.replace("_", " ").lower()
-    return str(error)
+    return re.sub(r" \(_ssl\.c:\d+\)$", "", str(error))
 
 
 # --------------------------------------------------------------------------
@@ -463,8 +466,15 @@ class WebSocket:
 
     def _send_close(self, code: Optional[int], reason: str,
                     deadline: Optional[float] = None) -> None:
-        """Send our close frame unless one was sent already (errors ignored)."""
-        payload = b"" if code is None else struct.pack("!H", code) + reason.encode("utf-8")[:123]
+        """Send our close frame unless one was sent already (errors ignored).
+
+        The reason is cut to the 123 bytes a control frame allows, on a
+        character boundary.
+        """
+        payload = b""
+        if code is not None:
+            reason_bytes = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+            payload = struct.pack("!H", code) + reason_bytes
         try:
             self.send_frame(OP_CLOSE, payload, deadline=deadline)
         except (WebSocketError, TimeoutError):
@@ -531,7 +541,8 @@ class WebSocket:
         if len(buffer) < 2:
             return None
         first, second = buffer[0], buffer[1]
-        fin, opcode, masked, size = bool(first & 0x80), first & 0x0F, bool(second & 0x80), second & 0x7F
+        fin, opcode = bool(first & 0x80), first & 0x0F
+        masked, size = bool(second & 0x80), second & 0x7F
         if first & 0x70:
             raise self._fail("Reserved bits set without an extension")
         if opcode not in _DATA_OPCODES and opcode not in _CONTROL_OPCODES:

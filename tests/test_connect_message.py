@@ -79,7 +79,8 @@ SCENARIOS = {
         data_channels=[{"direction": "sendonly", "label": "#x"}],
         forwarding_filter=FORWARDING_FILTER,
     ),
-    "audio-false-with-bitrate": dict(BASIC, audio=False, audio_codec_type="OPUS", audio_bit_rate=64),
+    "audio-false-with-bitrate": dict(BASIC, audio=False, audio_codec_type="OPUS",
+                                     audio_bit_rate=64),
     "audio-streaming-language-code": dict(BASIC, audio_streaming_language_code="ja-JP"),
     "audio-video-false": dict(BASIC, audio=False, video=False),
     "client-bundle-id": dict(BASIC, client_id="my-client", bundle_id="my-bundle"),
@@ -353,8 +354,9 @@ def test_options_defaults_and_passthrough():
                                            degradation_preference=2)
     assert options.video_source is source
     assert options.degradation_preference is SoraDegradationPreference.MAINTAIN_RESOLUTION
-    assert (options.websocket_connection_timeout, options.websocket_close_timeout,
-            options.disconnect_wait_timeout, options.data_channel_signaling_timeout) == (30, 3, 5, 180)
+    timeouts = (options.websocket_connection_timeout, options.websocket_close_timeout,
+                options.disconnect_wait_timeout, options.data_channel_signaling_timeout)
+    assert timeouts == (30, 3, 5, 180)
     assert options.insecure is False
     assert options.signaling_urls == URL
 

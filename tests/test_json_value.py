@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import enum
 import json
-import math
 
 import pytest
 
@@ -20,7 +19,7 @@ from sora_sdk.json_value import dumps, format_double, to_json_value
 ])
 def test_accepted_values(value):
     converted = to_json_value(value, "metadata")
-    assert converted == value or (isinstance(value, float) and math.isnan(value))
+    assert converted == value
     assert type(converted) is type(value)
 
 
@@ -102,7 +101,8 @@ def test_dumps_escapes_like_boost():
 
 
 def test_dumps_large_ints_and_tuples():
-    assert dumps([2 ** 70, -(2 ** 63), (1, 2)]) == "[1180591620717411303424,-9223372036854775808,[1,2]]"
+    assert dumps([2 ** 70, -(2 ** 63), (1, 2)]) == \
+        "[1180591620717411303424,-9223372036854775808,[1,2]]"
 
 
 @pytest.mark.parametrize("bad", [{1: 2}, {"a": object()}, b"x", {"s": {1, 2}}])

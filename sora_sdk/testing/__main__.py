@@ -1,0 +1,55 @@
+"""Run the local Sora server: ``python -m sora_sdk.testing --port 0 [--host H] [--secret S]``.
+
+Prints ``signaling_url=...`` and ``api_url=...`` lines, then serves until
+SIGINT or SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from .server import LocalSora
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sora_sdk.testing",
+                                     description="Local Sora-compatible signaling server (loopback).")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
+    parser.add_argument("--secret", default=None, help="require HS256 JWTs signed with this secret")
+    parser.add_argument("--signaling-key", default=None, help="require metadata.signaling_key to equal this")
+    parser.add_argument("--redirect-to", default=None, help="answer connects with a redirect to this URL")
+    parser.add_argument("--ping-interval", type=float, default=None, help="seconds between pings (default off)")
+    parser.add_argument("--video-codec-type", default="VP9", help="default video codec (default VP9)")
+    parser.add_argument("--ice-address", default=None, help="gather ICE candidates on this address")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    sora = LocalSora(host=args.host, port=args.port, secret=args.secret, signaling_key=args.signaling_key,
+                     redirect_to=args.redirect_to, ping_interval=args.ping_interval,
+                     video_codec_type=args.video_codec_type, ice_address=args.ice_address)
+    try:
+        sys.stdout.write("signaling_url=%s\n" % sora.signaling_url)
+        sys.stdout.write("api_url=%s\n" % sora.api_url)
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        sora.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,808 @@
+"""One client connection of the local Sora server: its signaling state machine.
+
+The session's own thread (the WebSocket reader) runs everything that may
+block: waiting for ``connect``, building the server peer and its offer,
+applying the answer and candidates, and the final clean-up. Engine events of
+the server peer arrive on the context's dispatcher thread and only do quick
+work (DataChannel bookkeeping, relaying, notifies). `terminate()` may be
+called from any thread; it sends the close and wakes the session thread,
+which then detaches from the channel and frees the peer.
+
+States: ``connecting`` (waiting for connect) -> ``offered`` (offer sent) ->
+``joined`` (answer applied, connection.created sent) -> ``closed``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+import time
+import zlib
+from typing import Any, Dict, List, Optional
+
+from .. import websocket
+from ..peer import Peer
+from .auth import AuthError, authenticate
+from .channel import new_id, timestamp
+
+log = logging.getLogger("sora_sdk.testing")
+
+ROLES = ("sendonly", "recvonly", "sendrecv")
+DC_DIRECTIONS = ("sendonly", "recvonly", "sendrecv")
+
+# Close codes of the local server (real Sora's exact codes for these cases are
+# not documented; clients treat every code other than 1000 as an error).
+CLOSE_BAD_MESSAGE = 4000   # the first message is not a valid connect
+CLOSE_AUTH_FAILED = 4001   # authentication / authorization refused
+CLOSE_INTERNAL = 4500      # the server could not set up the connection
+
+VIDEO_CAPS = {
+    "VP8": "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000",
+    "VP9": "application/x-rtp,media=video,encoding-name=VP9,payload=98,clock-rate=90000",
+    "AV1": "application/x-rtp,media=video,encoding-name=AV1,payload=45,clock-rate=90000",
+    "H264": ("application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000,"
+             "packetization-mode=(string)1,profile-level-id=(string)42e01f"),
+    "H265": "application/x-rtp,media=video,encoding-name=H265,payload=103,clock-rate=90000",
+}
+AUDIO_CAPS = {
+    "OPUS": ("application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000,"
+             "encoding-params=(string)2"),
+}
+
+# DataChannels the server opens for DataChannel signaling, with their direction
+# as Sora announces them.
+STANDARD_CHANNELS = (
+    ("signaling", "sendrecv"),
+    ("notify", "sendonly"),
+    ("push", "sendonly"),
+    ("stats", "sendrecv"),
+)
+
+
+class Reject(Exception):
+    def __init__(self, code: int, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.code = code
+        self.reason = reason
+
+
+def encode_json(message: Any) -> str:
+    """Compact JSON text; raises ValueError for anything that is not valid JSON/UTF-8."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text.encode("utf-8")  # lone surrogates would make malformed UTF-8
+    return text
+
+
+def parse_mids(sdp: str) -> Dict[str, str]:
+    """The first a=mid of each audio/video m-line in `sdp`."""
+    mids: Dict[str, str] = {}
+    kind = None
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+        elif line.startswith("a=mid:") and kind in ("audio", "video") and kind not in mids:
+            mids[kind] = line[6:].strip()
+    return mids
+
+
+class Session:
+    def __init__(self, server, ws: "websocket.ServerWebSocket") -> None:
+        self.server = server
+        self.ws = ws
+        self.connection_id = new_id()
+        self.channel_id: Optional[str] = None
+        self.session_id: Optional[str] = None
+        self.role: Optional[str] = None
+        self.client_id: Optional[str] = None
+        self.bundle_id: Optional[str] = None
+        self.audio = False
+        self.video = False
+        self.audio_codec_type: Optional[str] = None
+        self.video_codec_type: Optional[str] = None
+        self.video_bit_rate = None
+        self.audio_bit_rate = None
+        self.simulcast = False
+        self.notify_metadata = None
+        self.authn_metadata = None
+        self.authz_metadata = None
+        self.data_channel_signaling = False
+        self.ignore_disconnect_websocket = False
+        self.connection_lifetime = None
+        self.connect_message: Optional[Dict[str, Any]] = None
+        self.user_channels: Dict[str, Dict[str, Any]] = {}  # "#label" -> the client's spec
+        self.compress: Dict[str, bool] = {}  # every server DataChannel label -> compress
+        self.mids: Dict[str, str] = {}
+        self.state = "connecting"
+        self.created_timestamp = timestamp()
+        self.last_pong: Optional[float] = None
+        self.client_stats = None
+        self._started = time.monotonic()
+        self._lock = threading.RLock()
+        self._dc_cond = threading.Condition(self._lock)
+        self._peer: Optional[Peer] = None
+        self._dc_ids: Dict[str, int] = {}
+        self._dc_open: set = set()
+        self._switched = False
+        self._ws_open = True
+        self._attached = False
+        self._ending = False
+        self._end_code = 1000
+        self._end_reason = ""
+        self._ended = threading.Event()
+        self._timers: List[Any] = []
+        self._early_candidates: List[Any] = []
+
+    # ------------------------------------------------------------------ info
+    def minutes(self) -> int:
+        return int((time.monotonic() - self._started) // 60)
+
+    def info(self) -> Dict[str, Any]:
+        peer = self._peer
+        out: Dict[str, Any] = {
+            "channel_id": self.channel_id,
+            "session_id": self.session_id,
+            "connection_id": self.connection_id,
+            "client_id": self.client_id,
+            "bundle_id": self.bundle_id,
+            "role": self.role,
+            "audio": self.audio,
+            "video": self.video,
+            "audio_codec_type": self.audio_codec_type,
+            "video_codec_type": self.video_codec_type,
+            "video_bit_rate": self.video_bit_rate,
+            "simulcast": self.simulcast,
+            "data_channel_signaling": self.data_channel_signaling,
+            "ignore_disconnect_websocket": self.ignore_disconnect_websocket,
+            "data_channels": [dict(spec) for spec in self.user_channels.values()],
+            "switched": self._switched,
+            "websocket": self._ws_open,
+            "state": self.state,
+            "created_timestamp": self.created_timestamp,
+            "ice_connection_state": peer.ice_connection_state if peer is not None else "new",
+            "connection_state": peer.connection_state if peer is not None else "new",
+        }
+        if self.notify_metadata is not None:
+            out["metadata"] = self.notify_metadata
+        if self.authn_metadata is not None:
+            out["authn_metadata"] = self.authn_metadata
+        if self.authz_metadata is not None:
+            out["authz_metadata"] = self.authz_metadata
+        return out
+
+    @property
+    def switched(self) -> bool:
+        return self._switched
+
+    def stats(self) -> List[Dict[str, Any]]:
+        peer = self._peer
+        if peer is None or peer.closed:
+            return []
+        try:
+            return peer.get_stats()
+        except Exception as exc:
+            log.debug("stats of %s failed: %s", self.connection_id, exc)
+            return []
+
+    def request_key_frame(self) -> None:
+        peer = self._peer
+        if peer is not None and not peer.closed:
+            try:
+                peer.request_key_frame()
+            except Exception as exc:
+                log.debug("key frame request for %s failed: %s", self.connection_id, exc)
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> None:
+        """The session thread: from the upgraded WebSocket to the end of the connection."""
+        try:
+            self._serve()
+        except Exception:
+            log.exception("local Sora: session %s failed", self.connection_id)
+            self.terminate(CLOSE_INTERNAL, "INTERNAL-ERROR")
+        finally:
+            self._finish()
+
+    def _serve(self) -> None:
+        connect = self._receive_connect()
+        if connect is None:
+            return
+        location = self.server.redirect_to
+        if location and connect.get("redirect") is not True:
+            self._send_ws({"type": "redirect", "location": location})
+            self._ending = True
+            self.ws.close(1000, "", timeout=3.0)
+            return
+        try:
+            self._accept_connect(connect)
+        except Reject as rej:
+            log.info("local Sora: connect rejected: %s (%s)", rej.reason, rej)
+            self.terminate(rej.code, rej.reason)
+            self._read_until_closed()
+            return
+        self._attached = True
+        channel = self.server.registry.attach(self)
+        self.session_id = channel.session_id
+        if self._ending:
+            self._read_until_closed()
+            return
+        offer = self._build_offer()
+        if offer is None or self._ending:
+            self._read_until_closed()
+            return
+        with self._lock:
+            if self._ending:
+                return
+            self.state = "offered"
+        self._send_ws(offer)
+        if self.connection_lifetime:
+            self._later(float(self.connection_lifetime), self._lifetime_expired)
+        if self.server.ping_interval:
+            self._later(self.server.ping_interval, self._ping)
+        self._read_loop()
+        if self._ending:
+            return
+        if self._switched and self.ignore_disconnect_websocket:
+            # The client dropped its WebSocket on purpose: the connection lives
+            # on over the DataChannels until one side ends it.
+            self._ended.wait()
+        else:
+            self.terminate(1000, "WEBSOCKET-CLOSED", initiator="client")
+
+    # ------------------------------------------------------------- WebSocket
+    def _receive_connect(self) -> Optional[Dict[str, Any]]:
+        try:
+            is_text, payload = self.ws.recv(timeout=self.server.connect_timeout)
+        except TimeoutError:
+            self.terminate(CLOSE_BAD_MESSAGE, "CONNECT-TIMEOUT")
+            self._read_until_closed()
+            return None
+        except websocket.WebSocketError:
+            self._ws_open = False
+            return None
+        try:
+            message = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            self.terminate(CLOSE_BAD_MESSAGE, "INVALID-JSON")
+            self._read_until_closed()
+            return None
+        if not isinstance(message, dict) or "type" not in message:
+            self.terminate(CLOSE_BAD_MESSAGE, "MISSING-TYPE")
+            self._read_until_closed()
+            return None
+        if message.get("type") != "connect":
+            self.terminate(CLOSE_BAD_MESSAGE, "UNEXPECTED-TYPE")
+            self._read_until_closed()
+            return None
+        return message
+
+    def _read_until_closed(self) -> None:
+        """After our close frame: read until the client's close (or the forced abort)."""
+        while True:
+            try:
+                self.ws.recv()
+            except websocket.WebSocketError:
+                break
+        with self._lock:
+            self._ws_open = False
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                is_text, payload = self.ws.recv()
+            except websocket.WebSocketClosed as closed:
+                log.debug("session %s: WebSocket closed by the client: %d %s",
+                          self.connection_id, closed.code, closed.reason)
+                break
+            except websocket.WebSocketError as exc:
+                log.debug("session %s: WebSocket ended: %s", self.connection_id, exc)
+                break
+            try:
+                message = json.loads(payload.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                log.warning("session %s: ignoring a non-JSON message", self.connection_id)
+                continue
+            if not isinstance(message, dict):
+                log.warning("session %s: ignoring a non-object message", self.connection_id)
+                continue
+            try:
+                self._on_ws_message(message)
+            except Exception:
+                log.exception("session %s: error handling %r", self.connection_id, message.get("type"))
+        with self._lock:
+            self._ws_open = False
+
+    def _on_ws_message(self, message: Dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "answer":
+            self._on_answer(message)
+        elif kind == "candidate":
+            self._on_candidate(message)
+        elif kind in ("re-answer", "update"):
+            self._on_re_answer(message)
+        elif kind == "pong":
+            self._on_pong(message)
+        elif kind == "disconnect":
+            self.terminate(1000, "TYPE-DISCONNECT", initiator="client")
+        elif kind == "stats":
+            self.client_stats = message.get("reports")
+        else:
+            log.debug("session %s: ignoring %r", self.connection_id, kind)
+
+    def _send_ws(self, message: Dict[str, Any]) -> bool:
+        text = encode_json(message)
+        with self._lock:
+            if not self._ws_open:
+                return False
+        try:
+            self.ws.send_text(text)
+            return True
+        except (websocket.WebSocketError, TimeoutError, OSError) as exc:
+            log.debug("session %s: send failed: %s", self.connection_id, exc)
+            return False
+
+    # ------------------------------------------------------------- connect
+    def _accept_connect(self, msg: Dict[str, Any]) -> None:
+        self.connect_message = msg
+        role = msg.get("role")
+        if role not in ROLES:
+            raise Reject(CLOSE_BAD_MESSAGE, "INVALID-ROLE")
+        channel_id = msg.get("channel_id")
+        if not isinstance(channel_id, str) or not channel_id or len(channel_id) > 255:
+            raise Reject(CLOSE_BAD_MESSAGE, "INVALID-CHANNEL-ID")
+        self.role = role
+        self.channel_id = channel_id
+        for key in ("client_id", "bundle_id"):
+            value = msg.get(key)
+            if value is not None and (not isinstance(value, str) or len(value) > 255):
+                raise Reject(CLOSE_BAD_MESSAGE, "INVALID-%s" % key.upper().replace("_", "-"))
+        self.client_id = msg.get("client_id") or self.connection_id
+        self.bundle_id = msg.get("bundle_id") or self.connection_id
+
+        video = msg.get("video", True)
+        audio = msg.get("audio", True)
+        if not isinstance(video, (bool, dict)):
+            raise Reject(CLOSE_BAD_MESSAGE, "INVALID-VIDEO")
+        if not isinstance(audio, (bool, dict)):
+            raise Reject(CLOSE_BAD_MESSAGE, "INVALID-AUDIO")
+        self.video = video is not False
+        self.audio = audio is not False
+        video_codec = self.server.video_codec_type
+        audio_codec = "OPUS"
+        if isinstance(video, dict):
+            if video.get("codec_type") is not None:
+                video_codec = video.get("codec_type")
+            self.video_bit_rate = video.get("bit_rate")
+        if isinstance(audio, dict):
+            if audio.get("codec_type") is not None:
+                audio_codec = audio.get("codec_type")
+            self.audio_bit_rate = audio.get("bit_rate")
+        self.simulcast = msg.get("simulcast") is True
+        self.data_channel_signaling = msg.get("data_channel_signaling") is True
+        self.ignore_disconnect_websocket = msg.get("ignore_disconnect_websocket") is True
+        self.notify_metadata = msg.get("signaling_notify_metadata")
+        self.authn_metadata = msg.get("metadata")
+
+        channels = msg.get("data_channels")
+        if channels is not None and self.data_channel_signaling:
+            if not isinstance(channels, list):
+                raise Reject(CLOSE_BAD_MESSAGE, "INVALID-DATA-CHANNELS")
+            for spec in channels:
+                if not isinstance(spec, dict):
+                    raise Reject(CLOSE_BAD_MESSAGE, "INVALID-DATA-CHANNELS")
+                label = spec.get("label")
+                if not isinstance(label, str) or not label.startswith("#") or len(label) > 255 \
+                        or label in self.user_channels:
+                    raise Reject(CLOSE_BAD_MESSAGE, "INVALID-DATA-CHANNEL-LABEL")
+                if spec.get("direction") not in DC_DIRECTIONS:
+                    raise Reject(CLOSE_BAD_MESSAGE, "INVALID-DATA-CHANNEL-DIRECTION")
+                for key in ("max_packet_life_time", "max_retransmits"):
+                    value = spec.get(key)
+                    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                              or value < 0 or value > 65535):
+                        raise Reject(CLOSE_BAD_MESSAGE, "INVALID-DATA-CHANNELS")
+                if spec.get("protocol") is not None and not isinstance(spec.get("protocol"), str):
+                    raise Reject(CLOSE_BAD_MESSAGE, "INVALID-DATA-CHANNELS")
+                self.user_channels[label] = dict(spec)
+
+        try:
+            result = authenticate(msg, secret=self.server.secret, signaling_key=self.server.signaling_key,
+                                  auth_hook=self.server.auth_hook)
+        except AuthError as exc:
+            raise Reject(CLOSE_AUTH_FAILED, exc.reason[:120], exc.detail)
+        overrides = result["overrides"]
+        hook = result["hook"]
+        if isinstance(hook, dict):
+            if "authz_metadata" in hook:
+                self.authz_metadata = hook["authz_metadata"]
+            elif "metadata" in hook:
+                self.authz_metadata = hook["metadata"]
+        if "audio" in overrides:
+            self.audio = overrides["audio"]
+        if "video" in overrides:
+            self.video = overrides["video"]
+        if "video_codec_type" in overrides:
+            video_codec = overrides["video_codec_type"]
+        if "video_bit_rate" in overrides:
+            self.video_bit_rate = overrides["video_bit_rate"]
+        if "simulcast" in overrides:
+            self.simulcast = overrides["simulcast"]
+        if "connection_lifetime" in overrides:
+            self.connection_lifetime = overrides["connection_lifetime"]
+
+        if not isinstance(video_codec, str) or video_codec.upper() not in VIDEO_CAPS:
+            raise Reject(CLOSE_BAD_MESSAGE, "INVALID-VIDEO-CODEC-TYPE")
+        if not isinstance(audio_codec, str) or audio_codec.upper() not in AUDIO_CAPS:
+            raise Reject(CLOSE_BAD_MESSAGE, "INVALID-AUDIO-CODEC-TYPE")
+        self.video_codec_type = video_codec.upper() if self.video else None
+        self.audio_codec_type = audio_codec.upper() if self.audio else None
+
+    # ------------------------------------------------------------- offer
+    def _data_channel_specs(self) -> List[Dict[str, Any]]:
+        specs: List[Dict[str, Any]] = []
+        for label, direction in STANDARD_CHANNELS:
+            specs.append({"label": label, "direction": direction,
+                          "compress": label in self.server.compress_labels})
+        for label, spec in self.user_channels.items():
+            entry: Dict[str, Any] = {"label": label, "direction": spec["direction"],
+                                     "compress": spec.get("compress") is True}
+            for key in ("ordered", "max_packet_life_time", "max_retransmits", "protocol", "header"):
+                if spec.get(key) is not None:
+                    entry[key] = spec[key]
+            specs.append(entry)
+        return specs
+
+    def _build_offer(self) -> Optional[Dict[str, Any]]:
+        server = self.server
+        kwargs: Dict[str, Any] = {"loopback_only": server.ice_address is None}
+        if server.ice_address is not None:
+            kwargs["local_address"] = server.ice_address
+        try:
+            peer = Peer(server.context, on_event=self._on_peer_event, **kwargs)
+        except Exception as exc:
+            log.error("session %s: cannot create the server peer: %s", self.connection_id, exc)
+            self.terminate(CLOSE_INTERNAL, "INTERNAL-ERROR")
+            return None
+        with self._lock:
+            self._peer = peer
+            if self._ending:
+                return None
+        # The server side of the client's media: it receives what a sending
+        # client sends; a receiving client gets sendonly m-lines (forwarding
+        # fills them later, see channel.MediaRouter).
+        direction = "recvonly" if self.role in ("sendonly", "sendrecv") else "sendonly"
+        dc_specs = self._data_channel_specs() if self.data_channel_signaling else []
+        try:
+            if self.audio:
+                peer.add_transceiver("audio", direction, AUDIO_CAPS[self.audio_codec_type])
+            if self.video:
+                peer.add_transceiver("video", direction, VIDEO_CAPS[self.video_codec_type])
+            for spec in dc_specs:
+                channel_id = peer.create_data_channel(
+                    spec["label"], ordered=spec.get("ordered"),
+                    max_packet_life_time=spec.get("max_packet_life_time"),
+                    max_retransmits=spec.get("max_retransmits"), protocol=spec.get("protocol"))
+                with self._lock:
+                    self._dc_ids[spec["label"]] = channel_id
+                    self.compress[spec["label"]] = spec["compress"]
+            peer.create_offer()
+            if not peer.wait_gathering_complete(server.ice_gathering_timeout):
+                log.warning("session %s: ICE gathering did not complete in %.1f s",
+                            self.connection_id, server.ice_gathering_timeout)
+            sdp = peer.local_description()
+        except Exception as exc:
+            log.error("session %s: cannot build the offer: %s", self.connection_id, exc)
+            self.terminate(CLOSE_INTERNAL, "INTERNAL-ERROR")
+            return None
+        self.mids = parse_mids(sdp)
+        offer: Dict[str, Any] = {
+            "type": "offer",
+            "sdp": sdp,
+            "version": "local",
+            "client_id": self.client_id,
+            "bundle_id": self.bundle_id,
+            "connection_id": self.connection_id,
+            "channel_id": self.channel_id,
+            "session_id": self.session_id,
+            "config": {"iceServers": [], "iceTransportPolicy": "all"},
+            "audio": self.audio,
+            "video": self.video,
+            "simulcast": self.simulcast,
+            "data_channel_signaling": self.data_channel_signaling,
+            "ignore_disconnect_websocket": self.ignore_disconnect_websocket,
+        }
+        if self.mids:
+            offer["mid"] = dict(self.mids)
+        if dc_specs:
+            offer["data_channels"] = dc_specs
+        if self.authz_metadata is not None:
+            offer["metadata"] = self.authz_metadata
+        return offer
+
+    # ------------------------------------------------------------- answer etc.
+    def _on_answer(self, message: Dict[str, Any]) -> None:
+        sdp = message.get("sdp")
+        with self._lock:
+            if self.state != "offered" or self._ending:
+                log.debug("session %s: ignoring an answer in state %s", self.connection_id, self.state)
+                return
+            peer = self._peer
+        if not isinstance(sdp, str) or peer is None:
+            self.terminate(CLOSE_BAD_MESSAGE, "INVALID-ANSWER")
+            return
+        try:
+            peer.set_remote_description("answer", sdp)
+        except Exception as exc:
+            log.warning("session %s: answer rejected: %s", self.connection_id, exc)
+            self.terminate(CLOSE_BAD_MESSAGE, "INVALID-ANSWER")
+            return
+        with self._lock:
+            if self._ending:
+                return
+            self.state = "joined"
+            early, self._early_candidates = self._early_candidates, []
+        for mline, candidate in early:
+            self._add_candidate(peer, mline, candidate)
+        self.server.registry.join(self)
+        self._maybe_switch()
+
+    def _on_candidate(self, message: Dict[str, Any]) -> None:
+        candidate = message.get("candidate")
+        peer = self._peer
+        if not isinstance(candidate, str) or peer is None or peer.closed:
+            return
+        candidate = candidate.strip()
+        if not candidate:
+            return  # end of candidates
+        mline = message.get("sdpMLineIndex")
+        if not isinstance(mline, int) or isinstance(mline, bool) or mline < 0:
+            mline = 0  # Sora clients send bare candidates: everything is BUNDLEd on m-line 0
+        with self._lock:
+            if self.state == "offered":
+                # Before the answer: keep it until the remote description is set.
+                self._early_candidates.append((mline, candidate))
+                return
+        self._add_candidate(peer, mline, candidate)
+
+    def _add_candidate(self, peer: Peer, mline: int, candidate: str) -> None:
+        try:
+            peer.add_ice_candidate(mline, candidate)
+        except Exception as exc:
+            log.debug("session %s: candidate %r refused: %s", self.connection_id, candidate, exc)
+
+    def _on_re_answer(self, message: Dict[str, Any]) -> None:
+        sdp = message.get("sdp")
+        peer = self._peer
+        if not isinstance(sdp, str) or peer is None or peer.closed:
+            return
+        # TODO(re-offer): the server sends no re-offer yet; a re-answer is applied as is.
+        try:
+            peer.set_remote_description("answer", sdp)
+        except Exception as exc:
+            log.warning("session %s: re-answer rejected: %s", self.connection_id, exc)
+
+    def _on_pong(self, message: Dict[str, Any]) -> None:
+        self.last_pong = time.monotonic()
+        if "stats" in message:
+            self.client_stats = message.get("stats")
+
+    # ------------------------------------------------------------- outgoing
+    def send_notify(self, message: Dict[str, Any]) -> bool:
+        return self._send_signaling("notify", message)
+
+    def send_push(self, data: Any) -> bool:
+        return self._send_signaling("push", {"type": "push", "data": data})
+
+    def _send_signaling(self, label: str, message: Dict[str, Any]) -> bool:
+        """A signaling message: on the `label` DataChannel once switched, else on the WebSocket."""
+        with self._lock:
+            if self._ending and label != "signaling":
+                return False
+            use_dc = self._switched and label in self._dc_open
+            channel_id = self._dc_ids.get(label)
+            peer = self._peer
+        if use_dc and peer is not None:
+            payload = encode_json(message).encode("utf-8")
+            if self.compress.get(label):
+                payload = zlib.compress(payload)
+            try:
+                peer.send_data(channel_id, payload, True)
+                return True
+            except Exception as exc:
+                log.debug("session %s: send on %s failed: %s", self.connection_id, label, exc)
+                return False
+        return self._send_ws(message)
+
+    def deliver_user_message(self, label: str, payload: bytes, sender_id: str) -> bool:
+        """Send a relayed `#label` message to this client (sender header and compression per its spec)."""
+        spec = self.user_channels.get(label)
+        with self._lock:
+            if spec is None or self._ending or label not in self._dc_open:
+                return False
+            channel_id = self._dc_ids[label]
+            peer = self._peer
+        header = spec.get("header")
+        if isinstance(header, list) and any(isinstance(h, dict) and h.get("type") == "sender_connection_id"
+                                            for h in header):
+            payload = sender_id.encode("ascii") + payload
+        if spec.get("compress") is True:
+            payload = zlib.compress(payload)
+        try:
+            peer.send_data(channel_id, payload, True)
+            return True
+        except Exception as exc:
+            log.debug("session %s: relay on %s failed: %s", self.connection_id, label, exc)
+            return False
+
+    # ------------------------------------------------------------- engine events
+    def _on_peer_event(self, event) -> None:
+        name = event.name
+        if name == "data-channel-open":
+            self._on_dc_open(event)
+        elif name == "data-channel-message":
+            self._on_dc_message(event.str0, event.data, event.i1)
+        elif name == "data-channel-close":
+            self._on_dc_close(event)
+        elif name == "connection-state":
+            if event.str0 in ("failed", "closed"):
+                self.terminate(1000, "PEER-CONNECTION-%s" % event.str0.upper(), initiator="peer")
+        elif name == "track":
+            channel = self.server.registry.channel(self.channel_id)
+            if channel is not None:
+                channel.media.track_added(self, event)
+        elif name == "rtp-packet":
+            channel = self.server.registry.channel(self.channel_id)
+            if channel is not None:
+                channel.media.rtp_packet(self, event)
+        elif name == "error":
+            log.warning("session %s: engine error: %s (%s)", self.connection_id, event.str0, event.str1)
+
+    def _on_dc_open(self, event) -> None:
+        label = event.str0
+        with self._lock:
+            if event.i1 or label not in self._dc_ids:
+                return  # only the server's own channels matter (clients open none)
+            self._dc_ids[label] = event.i0
+            self._dc_open.add(label)
+            self._dc_cond.notify_all()
+        self._maybe_switch()
+
+    def _on_dc_close(self, event) -> None:
+        label = event.str0
+        with self._lock:
+            if self._dc_ids.get(label) != event.i0:
+                return
+            self._dc_open.discard(label)
+            self._dc_cond.notify_all()
+            lost_signaling = label == "signaling" and self._switched and not self._ending
+        if lost_signaling:
+            self.terminate(1000, "DATA-CHANNEL-CLOSED", initiator="client")
+
+    def _on_dc_message(self, label: Optional[str], data: bytes, binary: int) -> None:
+        if label is None:
+            return
+        with self._lock:
+            known = label in self._dc_ids
+        if not known:
+            return
+        if self.compress.get(label):
+            try:
+                data = zlib.decompress(data)
+            except zlib.error as exc:
+                log.warning("session %s: bad compressed message on %s: %s", self.connection_id, label, exc)
+                return
+        if label.startswith("#"):
+            self.server.registry.relay(self, label, data)
+            return
+        if label not in ("signaling", "stats"):
+            return
+        try:
+            message = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            log.warning("session %s: non-JSON message on %s", self.connection_id, label)
+            return
+        if not isinstance(message, dict):
+            return
+        kind = message.get("type")
+        if kind == "disconnect":
+            self.terminate(1000, "TYPE-DISCONNECT", initiator="client")
+        elif kind in ("re-answer", "update"):
+            # Applying a description blocks: not on the dispatcher thread.
+            self._later(0.0, lambda: self._on_re_answer(message))
+        elif kind == "stats":
+            self.client_stats = message.get("reports")
+
+    def _maybe_switch(self) -> None:
+        with self._lock:
+            if self._switched or not self.data_channel_signaling or self._ending or self.state != "joined":
+                return
+            if not self._dc_ids or any(label not in self._dc_open for label in self._dc_ids):
+                return
+            self._switched = True
+        self._send_ws({"type": "switched", "ignore_disconnect_websocket": self.ignore_disconnect_websocket})
+
+    # ------------------------------------------------------------- timers
+    def _later(self, delay: float, fn) -> None:
+        scheduler = self.server.scheduler
+        if scheduler is None:
+            return
+        handle = scheduler.call_later(delay, fn)
+        with self._lock:
+            self._timers.append(handle)
+
+    def _lifetime_expired(self) -> None:
+        self.terminate(1000, "LIFETIME-EXPIRED")
+
+    def _ping(self) -> None:
+        with self._lock:
+            if self._ending or not self._ws_open:
+                return
+        self._send_ws({"type": "ping", "stats": bool(self.server.ping_stats)})
+        self._later(self.server.ping_interval, self._ping)
+
+    # ------------------------------------------------------------- ending
+    def terminate(self, code: int, reason: str, initiator: str = "server") -> bool:
+        """End the connection (any thread): close message on the signaling DataChannel
+        (server-initiated, once switched), WebSocket close frame `code`/`reason`,
+        then the session thread cleans up. Returns False if it was already ending.
+        """
+        with self._lock:
+            if self._ending:
+                return False
+            self._ending = True
+            self._end_code = code
+            self._end_reason = reason
+            switched = self._switched
+            ws_open = self._ws_open
+        log.debug("session %s: terminate %d %s (%s)", self.connection_id, code, reason, initiator)
+        if initiator == "server" and switched:
+            self._send_signaling("signaling", {"type": "close", "code": code, "reason": reason})
+        if ws_open and not self.ws.closed:
+            payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+            try:
+                self.ws.send_frame(websocket.OP_CLOSE, payload)
+            except (websocket.WebSocketError, TimeoutError, OSError):
+                pass
+            # If the client never answers the close, drop the socket.
+            scheduler = self.server.scheduler
+            if scheduler is not None:
+                with self._lock:
+                    self._timers.append(scheduler.call_later(3.0, self.ws.abort))
+        self._ended.set()
+        return True
+
+    def _finish(self) -> None:
+        """Session thread: leave the channel, close DataChannels and the peer, drop the socket."""
+        if not self._ending:
+            self.terminate(1000, "")
+        if self._attached:
+            self.server.registry.detach(self)
+        with self._lock:
+            self.state = "closed"
+            peer = self._peer
+            open_ids = [self._dc_ids[label] for label in self._dc_open]
+        if peer is not None:
+            if open_ids:
+                for channel_id in open_ids:
+                    try:
+                        peer.close_data_channel(channel_id)
+                    except Exception:
+                        pass
+                # Give the client a moment to see the channels close before the
+                # transport goes away.
+                deadline = time.monotonic() + 1.0
+                with self._lock:
+                    while self._dc_open and time.monotonic() < deadline:
+                        self._dc_cond.wait(deadline - time.monotonic())
+            try:
+                peer.close()
+            except Exception as exc:
+                log.debug("session %s: closing the peer failed: %s", self.connection_id, exc)
+        if not self.ws.closed:
+            self.ws.close(self._end_code, self._end_reason, timeout=2.0)
+        self.ws.abort()
+        with self._lock:
+            self._ws_open = False
+            timers, self._timers = self._timers, []
+        for handle in timers:
+            handle.cancel()
