@@ -18,8 +18,11 @@ from .enums import (SoraDegradationPreference, SoraLoggingSeverity, SoraSignalin
                     SoraTransformableFrameDirection, SoraVideoCodecImplementation, SoraVideoCodecType)
 from .errors import (SoraEngineError, SoraError, SoraInvalidArgument, SoraInvalidState, SoraNotFound, SoraTimeout,
                      SoraUnsupported)
+from .media.audio_sink import (SoraAudioFrame, SoraAudioSink, SoraAudioSinkImpl, SoraAudioStreamSink,
+                               SoraAudioStreamSinkImpl)
 from .media.audio_source import SoraAudioSource
 from .media.track import SoraMediaTrack, SoraTrackInterface
+from .media.video_sink import SoraVideoFrame, SoraVideoSink, SoraVideoSinkImpl
 from .media.video_source import SoraVideoSource
 from .sora import Sora
 from .version import VERSION as __version__
@@ -44,7 +47,9 @@ def rtc_log(severity: SoraLoggingSeverity, message: str, /) -> None:
 
 
 __all__ = [
-    "Sora", "SoraConnection", "SoraAudioSource", "SoraVideoSource", "SoraTrackInterface", "SoraMediaTrack",
+    "Sora", "SoraConnection", "SoraAudioSource", "SoraVideoSource", "SoraVideoSink", "SoraVideoSinkImpl",
+    "SoraVideoFrame", "SoraAudioSink", "SoraAudioSinkImpl", "SoraAudioStreamSink", "SoraAudioStreamSinkImpl",
+    "SoraAudioFrame", "SoraTrackInterface", "SoraMediaTrack",
     "SoraVideoCodecCapability", "SoraVideoCodecPreference", "get_video_codec_capability",
     "create_video_codec_preference_from_implementation", "enable_libwebrtc_log", "rtc_log",
     "SoraSignalingErrorCode", "SoraSignalingType", "SoraSignalingDirection", "SoraDegradationPreference",

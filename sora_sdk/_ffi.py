@@ -122,22 +122,32 @@ class EventRouter:
 
 
 class Event:
-    """A shim event copied into Python objects (valid after the callback)."""
+    """A shim event copied into Python objects (valid after the callback).
 
-    __slots__ = ("type", "i0", "i1", "str0", "str1", "str2", "data")
+    Frame events (video/audio) are not copied: `ptr`/`size` point at the
+    frame and `ref` keeps it alive until `lib.sora_c_release(ref)`.
+    """
+
+    __slots__ = ("type", "i0", "i1", "i2", "str0", "str1", "str2", "data", "ptr", "size", "ref")
 
     def __init__(self, ev):
         self.type = ev.type
         self.i0 = ev.i0
         self.i1 = ev.i1
+        self.i2 = ev.i2
         self.str0 = _opt_str(ev.str0)
         self.str1 = _opt_str(ev.str1)
         self.str2 = _opt_str(ev.str2)
-        self.data = ffi.buffer(ev.data, ev.size)[:] if ev.size else b""
+        self.size = ev.size
+        if ev.ref != ffi.NULL:
+            self.ptr, self.ref, self.data = ev.data, ev.ref, b""
+        else:
+            self.ptr, self.ref = ffi.NULL, ffi.NULL
+            self.data = ffi.buffer(ev.data, ev.size)[:] if ev.size else b""
 
     def __repr__(self):
         return "Event(type=%d, i0=%d, i1=%d, str0=%r, str1=%r, str2=%r, %d bytes)" % (
-            self.type, self.i0, self.i1, self.str0, self.str1, self.str2, len(self.data))
+            self.type, self.i0, self.i1, self.str0, self.str1, self.str2, self.size)
 
 
 def _opt_str(ptr):
@@ -153,8 +163,13 @@ def _on_callback_error(exc_type, exc_value, tb):
 @ffi.def_extern(onerror=_on_callback_error)
 def _sora_on_event(user_data, event):
     router = ffi.from_handle(user_data)
+    handler = router.on_event
+    if handler is None:  # destroyed: a frame still owns its reference
+        if event.ref != ffi.NULL:
+            lib.sora_c_release(event.ref)
+        return
     try:
-        router.on_event(Event(event))
+        handler(Event(event))
     except Exception:
         log.exception("error while handling engine event %d", event.type)
 

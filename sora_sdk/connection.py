@@ -529,7 +529,7 @@ class SoraConnection:
             if key in self._tracks or section.msid is None:
                 continue
             track = SoraMediaTrack(section.kind, section.track_id or random_track_id(), section.stream_id or "",
-                                   key)
+                                   key, _internal=True)
             self._tracks[key] = track
             self._emit("on_track", track)
 
@@ -618,6 +618,8 @@ class SoraConnection:
                 self._send_candidate(event.str0)
             elif len(self._pending_candidates) < MAX_INLINE_CANDIDATES:
                 self._pending_candidates.append(event.str0)
+        elif name == "track":
+            self._bind_track(event)
         elif name == "connection-state":
             if event.str0 == "failed":
                 self._finish(Code.PEER_CONNECTION_STATE_FAILED, "PeerConnectionState::kFailed")
@@ -638,6 +640,17 @@ class SoraConnection:
                                  "Succeeded to close DataChannel: reason=%s" % self._close_reason)
         elif name == "error":
             log.warning("engine error (%s): %s", event.str1, event.str0)
+
+    def _bind_track(self, event) -> None:
+        """Media arrived for a remote track: match it to the SoraMediaTrack announced from the offer."""
+        kind, mid = event.str0, event.str1
+        candidates = [t for t in self._tracks.values() if t.kind == kind and not t._bound]
+        track = next((t for t in candidates if t._mid == mid), candidates[0] if candidates else None)
+        if track is None:
+            track = SoraMediaTrack(kind, random_track_id(), "", mid or "", _internal=True)
+            self._tracks["engine-%d" % event.i0] = track
+            self._emit("on_track", track)
+        track._bind(self._context, self._peer, event.i0)
 
     def _send_candidate(self, candidate: str) -> None:
         text = json.dumps({"type": "candidate", "candidate": candidate}, separators=(",", ":"))
@@ -775,8 +788,9 @@ class SoraConnection:
                 peer.close()
             except SoraError:
                 log.debug("closing the peer failed", exc_info=True)
-        for track in self._tracks.values():
-            track._end()
+        tracks = list(self._tracks.values())
+        if tracks:  # sink threads may be inside a callback: release them off this thread
+            threading.Thread(target=lambda: [t._end() for t in tracks], name="sora-sink-close", daemon=True).start()
         self._emit("on_disconnect", code, message)
         self._done.set()
         self._sora._unregister(self)

@@ -226,3 +226,24 @@ class Peer:
             if self._context.closed:
                 return  # the context already destroyed every peer
             check(lib.sora_peer_destroy(self._ptr), "destroy peer")
+
+
+class Forward:
+    """Re-sends one remote track of `src` on `dst` (the SFU path): RTP payloads pass unchanged."""
+
+    def __init__(self, src: Peer, track_id: int, dst: Peer, mline: int, payload_type: int) -> None:
+        out = ffi.new("sora_forward **")
+        with src._use() as src_ptr, dst._use() as dst_ptr:
+            check(lib.sora_forward_create(src_ptr, track_id, dst_ptr, mline, payload_type, out), "forward track")
+        self._ptr = out[0]
+        self._context = src._context
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if not self._context.closed:
+                check(lib.sora_forward_destroy(self._ptr), "stop forwarding")

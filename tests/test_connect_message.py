@@ -21,14 +21,15 @@ from sora_sdk.connect_message import (
 )
 from sora_sdk.enums import SoraDegradationPreference
 
-REFERENCE = os.environ.get("SORA_REFERENCE_DIR", "/work/shared/reference")
+# The reference captures live in shared/ beside the repository (CI lays a copy there too).
+REFERENCE = os.environ.get("SORA_REFERENCE_DIR") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "reference")
 CAPTURES = os.path.join(REFERENCE, "captures")
 FIRST_MESSAGES = os.path.join(CAPTURES, "first-messages-by-scenario.json")
 EDGE_CASES = os.path.join(CAPTURES, "edge-cases.json")
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(FIRST_MESSAGES), reason="reference captures not available"
-)
+if not os.path.exists(FIRST_MESSAGES):  # a missing reference is a failure, never a silent skip
+    raise RuntimeError("reference captures not found at %s (set SORA_REFERENCE_DIR)" % CAPTURES)
 
 URL = ["ws://127.0.0.1:5000/signaling"]
 

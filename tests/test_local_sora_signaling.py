@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import zlib
 
 import pytest
 
+from sora_sdk._ffi import check, ffi, lib
 from sora_sdk.context import Context
 from sora_sdk.peer import Peer
 from sora_sdk.testing import LocalSora, encode_jwt
@@ -120,9 +122,23 @@ class Client:
         self.offer = self.wait_type("offer")
         return self.offer
 
-    def answer(self):
+    def answer(self, send=False):
+        """Answer the offer; `send` attaches idle sources so the answer is sendonly (as real senders)."""
         self.peer = Peer(self.ctx, on_event=self._on_peer_event)
         self.peer.set_remote_description("offer", self.offer["sdp"])
+        if send:
+            for mline, (kind, codec, payload_type) in enumerate(sdp_codecs(self.offer["sdp"])):
+                if kind == "video":
+                    out = ffi.new("sora_video_source **")
+                    check(lib.sora_video_source_create(self.ctx.ptr, out))
+                    self.peer.attach_video_source(out[0], mline, codec, payload_type)
+                elif kind == "audio":
+                    out = ffi.new("sora_audio_source **")
+                    check(lib.sora_audio_source_create(self.ctx.ptr, 1, 48000, out))
+                    self.peer.attach_audio_source(out[0], mline, codec, payload_type)
+                else:
+                    continue
+                self.peer.set_direction(mline, "sendonly")
         sdp = self.peer.create_answer()
         with self._candidate_lock:
             # Like Sora clients: the answer first, then the trickled candidates.
@@ -225,6 +241,20 @@ def api(sora, action, body):
         return exc.code, json.loads(exc.read())
 
 
+def sdp_codecs(sdp):
+    """(kind, first codec name, its payload type) per m-line."""
+    out = []
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            parts = line[2:].split()
+            out.append([parts[0], None, int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else None])
+        elif line.startswith("a=rtpmap:") and out and out[-1][1] is None:
+            pt, _, rest = line[9:].partition(" ")
+            if int(pt) == out[-1][2]:
+                out[-1][1] = rest.split("/")[0].upper()
+    return [tuple(entry) for entry in out]
+
+
 def sdp_kinds(sdp):
     return [line[2:].split(" ", 1)[0] for line in sdp.splitlines() if line.startswith("m=")]
 
@@ -252,7 +282,7 @@ def test_offer_answer_ice_and_disconnect(sora, clients):
     mids = [line[6:] for line in sdp.splitlines() if line.startswith("a=mid:")]
     assert offer["mid"] == {"audio": mids[0], "video": mids[1]}
 
-    client.answer()
+    client.answer(send=True)
     created = client.wait_type("notify", event_type="connection.created", connection_id=cid)
     assert created["role"] == "sendonly"
     assert created["channel_connections"] == 1
@@ -305,6 +335,7 @@ def test_two_clients_see_each_other(sora, clients):
     assert created_b["channel_recvonly_connections"] == 1
     seen = a.wait_type("notify", event_type="connection.created", connection_id=offer_b["connection_id"])
     assert seen["role"] == "recvonly" and "data" not in seen and seen["channel_connections"] == 2
+    b.wait_connected()  # the server's sendonly m-lines complete ICE/DTLS with a receiver
     assert {c["connection_id"] for c in sora.connections("ch-two")} == {offer_a["connection_id"],
                                                                        offer_b["connection_id"]}
     b.send({"type": "disconnect", "reason": "NO-ERROR"})
@@ -399,6 +430,9 @@ def test_auth_hook(ctx, clients):
     ('{"type":"connect","role":"sendonly","channel_id":5}', "INVALID-CHANNEL-ID"),
     ('{"type":"connect","role":"sendonly","channel_id":"x","video":{"codec_type":"MPEG2"}}',
      "INVALID-VIDEO-CODEC-TYPE"),
+    ('{"type":"connect","role":"recvonly","channel_id":"x","audio":false,"video":false}', "INVALID-AUDIO-VIDEO"),
+    ('{"type":"connect","role":"sendonly","channel_id":"x","data_channel_signaling":true,'
+     '"data_channels":[{"label":"nohash","direction":"sendonly"}]}', "INVALID-DATA-CHANNEL-LABEL"),
 ])
 def test_bad_first_message(sora, clients, payload, reason):
     client = clients(sora.signaling_url)
@@ -508,11 +542,44 @@ def test_server_close_disconnects_clients(ctx, clients):
     sora = LocalSora()
     client = clients(sora.signaling_url)
     join(client, "ch-close", "sendonly")
-    started = time.monotonic()
-    sora.close()
-    assert client.wait_closed() == (1001, "SHUTDOWN")
-    assert time.monotonic() - started < 8
+    idle = socket.create_connection(("127.0.0.1", sora.port), timeout=5.0)  # never sends a request
+    try:
+        started = time.monotonic()
+        sora.close()
+        assert client.wait_closed() == (1001, "SHUTDOWN")
+        assert time.monotonic() - started < 5
+        assert idle.recv(1) == b""
+    finally:
+        idle.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("local-sora")]
+
+
+def test_http_errors(sora):
+    try:
+        urllib.request.urlopen(sora.api_url, timeout=TIMEOUT)
+        pytest.fail("GET should be refused")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 405 and json.loads(exc.read())["error_type"] == "METHOD-NOT-ALLOWED"
+    request = urllib.request.Request(sora.api_url, data=b'{"channel_id":"x","data":{"v":NaN}}', method="POST",
+                                     headers={"x-sora-target": "Sora_20151104.PushChannel"})
+    try:
+        urllib.request.urlopen(request, timeout=TIMEOUT)
+        pytest.fail("NaN should be refused")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 400 and json.loads(exc.read())["error_type"] == "INVALID-JSON"
+    with pytest.raises(ValueError):
+        sora.push("x", {"v": float("nan")})
+
+
+def test_connect_timeout(ctx, clients):
+    from sora_sdk.websocket import HandshakeError
+
+    with LocalSora(connect_timeout=0.3) as sora:
+        with pytest.raises(HandshakeError) as info:
+            WebSocketClient.connect(sora.signaling_url.replace("/signaling", "/other"), timeout=5.0)
+        assert info.value.status == 404
+        idle = clients(sora.signaling_url)
+        assert idle.wait_closed() == (4000, "CONNECT-TIMEOUT")
 
 
 def test_command_line():

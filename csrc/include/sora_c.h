@@ -40,7 +40,7 @@ extern "C" {
 
 /* ABI version: major changes break callers, minor changes only add. */
 #define SORA_C_ABI_MAJOR 1
-#define SORA_C_ABI_MINOR 0
+#define SORA_C_ABI_MINOR 1
 
 /* ---- error codes ------------------------------------------------------ */
 #define SORA_OK 0
@@ -78,7 +78,9 @@ extern "C" {
 #define SORA_EVENT_DATA_CHANNEL_MESSAGE 8 /* i0: channel id, str0: label, data/size: payload, i1: 1 binary, 0 text */
 #define SORA_EVENT_DATA_CHANNEL_CLOSE 9   /* i0: channel id, str0: label */
 #define SORA_EVENT_ERROR 10               /* str0: engine error message, str1: element name */
-#define SORA_EVENT_RTP_PACKET 11          /* i0: track id, data/size: one RTP packet (forwarding taps only) */
+#define SORA_EVENT_RTP_PACKET 11          /* reserved */
+#define SORA_EVENT_VIDEO_FRAME 12         /* sink thread: data/size: pixels, i0: width, i1: height, i2: pts us, ref: frame */
+#define SORA_EVENT_AUDIO_FRAME 13         /* sink thread: data/size: interleaved int16, i0: rate, i1: channels, i2: pts us, ref */
 
 typedef struct sora_event {
   int32_t type;
@@ -89,6 +91,8 @@ typedef struct sora_event {
   const char *str2;
   const uint8_t *data;
   size_t size;
+  int64_t i2;
+  void *ref; /* frame events only: a reference the callee owns; keeps `data` valid until sora_c_release(ref) */
 } sora_event;
 
 /* Callbacks of one handle. on_event runs on the dispatcher thread;
@@ -104,6 +108,8 @@ typedef struct sora_context sora_context;           /* engine + dispatcher threa
 typedef struct sora_peer sora_peer;                 /* one webrtcbin peer connection */
 typedef struct sora_video_source sora_video_source; /* frames pushed by the application */
 typedef struct sora_audio_source sora_audio_source; /* samples pushed by the application */
+typedef struct sora_sink sora_sink;                 /* decoded frames of one remote track */
+typedef struct sora_forward sora_forward;           /* one remote track's RTP re-sent by another peer (SFU) */
 
 /* Peer configuration; zero-initialise, then set what you need. */
 typedef struct sora_peer_config {
@@ -136,11 +142,26 @@ typedef struct sora_data_channel_init {
   int32_t id;                   /* SCTP stream id, or -1 */
 } sora_data_channel_init;
 
+/* Sink formats. */
+#define SORA_SINK_VIDEO_BGR 0  /* packed BGR, rows of width*3 bytes */
+#define SORA_SINK_VIDEO_I420 1 /* planar Y, U, V, contiguous */
+#define SORA_SINK_AUDIO_S16 2  /* interleaved int16 */
+
+/* Sink configuration; zero-initialise, then set what you need. */
+typedef struct sora_sink_config {
+  int32_t format;      /* SORA_SINK_* */
+  int32_t capacity;    /* frames queued before the oldest is dropped; 0 = 2 video / 50 audio */
+  int32_t sample_rate; /* audio: output rate, 0 = the track's */
+  int32_t channels;    /* audio: output channels, 0 = the track's */
+} sora_sink_config;
+
 /* ---- library ----------------------------------------------------------- */
 /* ABI version of this library as (major << 16) | minor. */
 SORA_C_API uint32_t sora_c_abi_version(void);
 /* Message of the last failed call on this thread ("" if none); valid until the next failing call on this thread. */
 SORA_C_API const char *sora_c_last_error(void);
+/* Release a frame reference received in an event (`event->ref`); NULL is ignored. Any thread. */
+SORA_C_API void sora_c_release(void *ref);
 /* Human-readable engine name and version, e.g. "GStreamer 1.22.0 webrtcbin". */
 SORA_C_API const char *sora_c_engine_version(void);
 /* 1 if the named engine element (encoder, decoder, ...) can be created, else 0. */
@@ -204,6 +225,20 @@ SORA_C_API int sora_peer_get_stats(sora_peer *peer, char **json_out);
 SORA_C_API int sora_peer_close(sora_peer *peer);
 /* Close (if needed) and release the peer; on_destroy follows on the dispatcher thread. */
 SORA_C_API int sora_peer_destroy(sora_peer *peer);
+
+/* ---- receive side ------------------------------------------------------ */
+/* Decode the remote track `track_id` (from SORA_EVENT_TRACK) into frames; events arrive on the sink's own thread. */
+SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_sink_config *config,
+                                const sora_callbacks *callbacks, sora_sink **out);
+/* Number of frames this sink dropped because its queue was full. */
+SORA_C_API int64_t sora_sink_dropped(sora_sink *sink);
+/* Stop and release a sink; on_destroy follows on the context's dispatcher thread. */
+SORA_C_API int sora_sink_destroy(sora_sink *sink);
+/* Re-send the RTP of `src`'s remote track on `dst`'s transceiver at `mline` with `payload_type`, unchanged otherwise. */
+SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *dst, int32_t mline,
+                                   int32_t payload_type, sora_forward **out);
+/* Stop forwarding and release the forward. */
+SORA_C_API int sora_forward_destroy(sora_forward *forward);
 
 /* ---- sources ----------------------------------------------------------- */
 /* Create a video source that application frames are pushed into. */

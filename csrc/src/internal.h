@@ -5,6 +5,8 @@
 #define GST_USE_UNSTABLE_API 1
 #include <gst/app/gstappsrc.h>
 #include <gst/gst.h>
+#include <gst/app/gstappsink.h>
+#include <gst/rtp/gstrtpbuffer.h>
 #include <gst/sdp/sdp.h>
 #include <gst/video/video.h>
 #include <gst/webrtc/webrtc.h>
@@ -67,8 +69,22 @@ int sora_audio_source_caps(sora_audio_source *src, gint *channels, gint *rate);
 void sora_source_destroy_all(sora_context *ctx);
 
 /* ---- peers (peer.c) ---- */
+/* Something attached to a peer (a sink or a forward); detach() runs once when the peer closes. */
+typedef struct sora_child sora_child;
+struct sora_child {
+  void (*detach)(sora_child *child);
+};
 void sora_peer_destroy_all(sora_context *ctx);
 GstElement *sora_peer_pipeline(sora_peer *peer);
+GstElement *sora_peer_webrtc(sora_peer *peer);
+sora_context *sora_peer_context(sora_peer *peer);
+/* Hold the peer open for an operation (shared lock); sora_peer_leave releases it. */
+int sora_peer_enter(sora_peer *peer);
+void sora_peer_leave(sora_peer *peer);
+/* References to a remote track's tee and RTP caps, and a copy of its kind. */
+int sora_peer_find_track(sora_peer *peer, gint64 id, GstElement **tee, GstCaps **caps, char **kind);
+void sora_peer_add_child(sora_peer *peer, sora_child *child);
+gboolean sora_peer_remove_child(sora_peer *peer, sora_child *child);
 
 /* ---- stats (stats.c) ---- */
 char *sora_structure_to_json(const GstStructure *s);

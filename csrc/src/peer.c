@@ -6,6 +6,13 @@
 #define PROMISE_TIMEOUT_US (15 * G_TIME_SPAN_SECOND)
 
 typedef struct {
+  gint64 id;
+  GstElement *tee;  /* owned reference */
+  GstCaps *caps;    /* RTP caps of the track */
+  char *kind;
+} track_slot;
+
+typedef struct {
   GstWebRTCDataChannel *channel; /* owned reference; NULL once released */
   char *label;
   gboolean open_reported;
@@ -24,11 +31,61 @@ struct sora_peer {
   GPtrArray *channels;   /* channel_slot*, index = channel id */
   GList *links;          /* sora_link*, protected by ctx->media_lock */
   GList *encoders;       /* GstElement* (owned refs), for key frame requests */
+  GPtrArray *tracks;     /* track_slot*, protected by lock */
+  GList *children;       /* sora_child* (sinks, forwards), protected by lock */
   gboolean closed;
   gint64 next_track_id;
 };
 
 GstElement *sora_peer_pipeline(sora_peer *peer) { return peer->pipeline; }
+
+GstElement *sora_peer_webrtc(sora_peer *peer) { return peer->webrtc; }
+
+sora_context *sora_peer_context(sora_peer *peer) { return peer->base.ctx; }
+
+int sora_peer_enter(sora_peer *peer) {
+  sora_clear_error();
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  if (peer->closed) {
+    g_rw_lock_reader_unlock(&peer->op_lock);
+    return sora_fail(SORA_ERR_INVALID_STATE, "peer is closed");
+  }
+  return SORA_OK;
+}
+
+void sora_peer_leave(sora_peer *peer) { g_rw_lock_reader_unlock(&peer->op_lock); }
+
+int sora_peer_find_track(sora_peer *peer, gint64 id, GstElement **tee, GstCaps **caps, char **kind) {
+  int rc = sora_fail(SORA_ERR_NOT_FOUND, "no remote track with id %" G_GINT64_FORMAT, id);
+  g_mutex_lock(&peer->lock);
+  for (guint i = 0; i < peer->tracks->len; i++) {
+    track_slot *t = g_ptr_array_index(peer->tracks, i);
+    if (t->id != id) continue;
+    *tee = gst_object_ref(t->tee);
+    *caps = t->caps ? gst_caps_ref(t->caps) : NULL;
+    *kind = g_strdup(t->kind);
+    sora_clear_error();
+    rc = SORA_OK;
+    break;
+  }
+  g_mutex_unlock(&peer->lock);
+  return rc;
+}
+
+void sora_peer_add_child(sora_peer *peer, sora_child *child) {
+  g_mutex_lock(&peer->lock);
+  peer->children = g_list_prepend(peer->children, child);
+  g_mutex_unlock(&peer->lock);
+}
+
+gboolean sora_peer_remove_child(sora_peer *peer, sora_child *child) {
+  g_mutex_lock(&peer->lock);
+  gboolean found = g_list_find(peer->children, child) != NULL;
+  peer->children = g_list_remove(peer->children, child);
+  g_mutex_unlock(&peer->lock);
+  return found;
+}
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -257,16 +314,23 @@ static void on_pad_added(GstElement *webrtc, GstPad *pad, sora_peer *peer) {
     g_object_get(trans, "mid", &mid, "mlineindex", &mline, NULL);
     gst_object_unref(trans);
   }
-  /* Until a sink is requested the media is discarded here, so webrtcbin never stalls. */
-  GstElement *sink = gst_element_factory_make("fakesink", NULL);
-  g_object_set(sink, "sync", FALSE, "async", FALSE, NULL);
-  gst_bin_add(GST_BIN(peer->pipeline), sink);
-  gst_element_sync_state_with_parent(sink);
-  GstPad *sinkpad = gst_element_get_static_pad(sink, "sink");
+  /* Each remote track ends in a tee; sinks and forwards add branches to it later. */
+  GstElement *tee = gst_element_factory_make("tee", NULL);
+  g_object_set(tee, "allow-not-linked", TRUE, NULL);
+  gst_bin_add(GST_BIN(peer->pipeline), tee);
+  gst_element_sync_state_with_parent(tee);
+  GstPad *sinkpad = gst_element_get_static_pad(tee, "sink");
   gst_pad_link(pad, sinkpad);
   gst_object_unref(sinkpad);
+  track_slot *slot = g_new0(track_slot, 1);
+  slot->tee = gst_object_ref(tee);
+  slot->caps = gst_pad_get_current_caps(pad);
+  if (!slot->caps) slot->caps = gst_pad_query_caps(pad, NULL);
+  slot->kind = g_strdup(kind);
   g_mutex_lock(&peer->lock);
   gint64 track_id = ++peer->next_track_id;
+  slot->id = track_id;
+  g_ptr_array_add(peer->tracks, slot);
   g_mutex_unlock(&peer->lock);
   sora_event ev = {.type = SORA_EVENT_TRACK, .i0 = track_id, .i1 = mline, .str0 = kind, .str1 = mid, .str2 = msid};
   emit(peer, &ev);
@@ -299,6 +363,14 @@ static void peer_free(sora_handle_base *base) {
     g_free(slot);
   }
   g_ptr_array_free(peer->channels, TRUE);
+  for (guint i = 0; i < peer->tracks->len; i++) {
+    track_slot *t = g_ptr_array_index(peer->tracks, i);
+    if (t->tee) gst_object_unref(t->tee);
+    if (t->caps) gst_caps_unref(t->caps);
+    g_free(t->kind);
+    g_free(t);
+  }
+  g_ptr_array_free(peer->tracks, TRUE);
   g_mutex_clear(&peer->lock);
   g_rw_lock_clear(&peer->op_lock);
   g_free(peer->local_address);
@@ -320,6 +392,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   g_mutex_init(&peer->lock);
   g_rw_lock_init(&peer->op_lock);
   peer->channels = g_ptr_array_new();
+  peer->tracks = g_ptr_array_new();
   peer->loopback_only = cfg.loopback_only != 0;
   peer->local_address = g_strdup(cfg.local_address);
   peer->pipeline = gst_pipeline_new(NULL);
@@ -375,6 +448,14 @@ SORA_C_API int sora_peer_close(sora_peer *peer) {
   if (was_closed) {
     g_rw_lock_writer_unlock(&peer->op_lock);
     return SORA_OK;
+  }
+  for (;;) {
+    g_mutex_lock(&peer->lock);
+    sora_child *child = peer->children ? peer->children->data : NULL;
+    if (child) peer->children = g_list_remove(peer->children, child);
+    g_mutex_unlock(&peer->lock);
+    if (!child) break;
+    child->detach(child);
   }
   sora_links_detach_peer(peer->base.ctx, &peer->links);
   for (guint i = 0; i < peer->channels->len; i++) {

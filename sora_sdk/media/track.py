@@ -1,13 +1,16 @@
 """Tracks: the common interface of local sources and remote tracks."""
 from __future__ import annotations
 
+import logging
 import secrets
 import string
+import threading
 
 from ..enums import SoraTrackState
 from ..errors import SoraUnsupported
 
 _ID_ALPHABET = string.ascii_letters + string.digits
+log = logging.getLogger("sora_sdk")
 
 
 def random_track_id() -> str:
@@ -53,12 +56,20 @@ class SoraTrackInterface:
 
 
 class SoraMediaTrack(SoraTrackInterface):
-    """A remote track announced by `SoraConnection.on_track`."""
+    """A remote track announced by `SoraConnection.on_track`; give it to a sink to receive its media."""
 
-    def __init__(self, kind: str, track_id: str, stream_id: str, mid: str) -> None:
+    def __new__(cls, *args, **kwargs):
+        if not kwargs.pop("_internal", False):
+            raise TypeError("SoraMediaTrack has no public constructor")
+        return super().__new__(cls)
+
+    def __init__(self, kind: str, track_id: str, stream_id: str, mid: str, *, _internal=False) -> None:
         super().__init__(kind, track_id)
         self._stream_id = stream_id
         self._mid = mid
+        self._lock = threading.Lock()
+        self._sinks = []
+        self._binding = None  # (context, peer, engine track id) once media arrives
 
     @property
     def stream_id(self) -> str:
@@ -66,3 +77,35 @@ class SoraMediaTrack(SoraTrackInterface):
 
     def set_frame_transformer(self, transformer) -> None:
         raise SoraUnsupported("encoded frame transformers are not available in this build yet")
+
+    def _add_sink(self, sink) -> None:
+        with self._lock:
+            self._sinks.append(sink)
+            binding = self._binding
+        if binding is not None:
+            sink._bind(*binding)
+
+    def _bind(self, context, peer, engine_track_id: int) -> None:
+        with self._lock:
+            self._binding = (context, peer, engine_track_id)
+            sinks = list(self._sinks)
+        for sink in sinks:
+            try:
+                sink._bind(context, peer, engine_track_id)
+            except Exception:
+                log.exception("cannot start a sink for %s track %s", self.kind, self.id)
+
+    @property
+    def _bound(self) -> bool:
+        return self._binding is not None
+
+    def _end(self) -> None:
+        super()._end()
+        with self._lock:
+            sinks, self._sinks = self._sinks, []
+            self._binding = None
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception:
+                log.debug("closing a sink failed", exc_info=True)

@@ -17,8 +17,9 @@ Errors are ``400`` (or ``404`` for an unknown connection) with
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, Tuple
+
+from .session import decode_json
 
 TARGET_PREFIX = "Sora_20151104."
 MAX_BODY = 1 << 20
@@ -119,7 +120,7 @@ def handle(sora, method: str, headers: Dict[str, str], body: bytes) -> Tuple[int
         if action is None:
             raise ApiError(400, "UNKNOWN-ACTION", "unknown action %s" % target[len(TARGET_PREFIX):])
         try:
-            parsed = json.loads(body.decode("utf-8")) if body.strip() else {}
+            parsed = decode_json(body) if body.strip() else {}
         except (UnicodeDecodeError, ValueError) as exc:
             raise ApiError(400, "INVALID-JSON", "body is not JSON: %s" % exc)
         if not isinstance(parsed, dict):
@@ -127,3 +128,5 @@ def handle(sora, method: str, headers: Dict[str, str], body: bytes) -> Tuple[int
         return 200, action(sora, parsed)
     except ApiError as exc:
         return exc.status, {"error_type": exc.error_type, "message": exc.message}
+    except Exception as exc:  # a bug or an engine failure: still answer
+        return 500, {"error_type": "INTERNAL-ERROR", "message": str(exc)}

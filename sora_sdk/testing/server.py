@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 import http.client
-import json
 import logging
 import socket
 import select
@@ -192,20 +191,21 @@ class LocalSora:
             self._listener.close()
         for session in sessions:
             session.terminate(1001, "SHUTDOWN")
+        with self._lock:
+            pending = list(self._sockets)  # sockets still in their HTTP phase
+        for sock in pending:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
                 threads = [t for t in self._threads if t.is_alive()]
-                socks = list(self._sockets)
             if not threads:
                 break
             if time.monotonic() >= deadline:
                 log.warning("local Sora: %d connection threads did not stop in time", len(threads))
-                for sock in socks:  # last resort: wake whatever still blocks on a socket
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
                 for thread in threads:
                     thread.join(1.0)
                 break
@@ -347,10 +347,13 @@ class LocalSora:
             return
         session = Session(self, ws)
         with self._lock:
-            if self._closing:
-                ws.close(1001, "SHUTDOWN", timeout=1.0)
-                return
-            self._sessions.add(session)
+            self._sockets.discard(sock)  # from now on the session ends it
+            closing = self._closing
+            if not closing:
+                self._sessions.add(session)
+        if closing:
+            ws.close(1001, "SHUTDOWN", timeout=1.0)
+            return
         try:
             session.run()
         finally:
@@ -383,7 +386,11 @@ class LocalSora:
 
     @staticmethod
     def _respond(sock: socket.socket, status: int, result: Any) -> None:
-        payload = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            payload = encode_json(result).encode("utf-8")
+        except ValueError:
+            status = 500
+            payload = b'{"error_type":"INTERNAL-ERROR","message":"the result is not valid JSON"}'
         head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                 "Connection: close\r\n\r\n" % (status, http.client.responses.get(status, "Error"), len(payload)))
         try:

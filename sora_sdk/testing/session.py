@@ -74,6 +74,15 @@ def encode_json(message: Any) -> str:
     return text
 
 
+def _no_constants(name: str):
+    raise ValueError("%s is not JSON" % name)
+
+
+def decode_json(data: bytes) -> Any:
+    """Strict JSON from UTF-8 bytes (NaN/Infinity refused); ValueError otherwise."""
+    return json.loads(data.decode("utf-8"), parse_constant=_no_constants)
+
+
 def parse_mids(sdp: str) -> Dict[str, str]:
     """The first a=mid of each audio/video m-line in `sdp`."""
     mids: Dict[str, str] = {}
@@ -132,6 +141,9 @@ class Session:
         self._ended = threading.Event()
         self._timers: List[Any] = []
         self._early_candidates: List[Any] = []
+        # Peer calls from threads other than the session thread hold this, so
+        # the session thread never frees the peer under them.
+        self._peer_lock = threading.Lock()
 
     # ------------------------------------------------------------------ info
     def minutes(self) -> int:
@@ -174,23 +186,23 @@ class Session:
     def switched(self) -> bool:
         return self._switched
 
+    def _peer_call(self, what: str, fn, default=None):
+        """Run fn(peer) from any thread unless the peer is gone; errors are logged."""
+        with self._peer_lock:
+            peer = self._peer
+            if peer is None or peer.closed:
+                return default
+            try:
+                return fn(peer)
+            except Exception as exc:
+                log.debug("session %s: %s failed: %s", self.connection_id, what, exc)
+                return default
+
     def stats(self) -> List[Dict[str, Any]]:
-        peer = self._peer
-        if peer is None or peer.closed:
-            return []
-        try:
-            return peer.get_stats()
-        except Exception as exc:
-            log.debug("stats of %s failed: %s", self.connection_id, exc)
-            return []
+        return self._peer_call("get stats", lambda peer: peer.get_stats(), [])
 
     def request_key_frame(self) -> None:
-        peer = self._peer
-        if peer is not None and not peer.closed:
-            try:
-                peer.request_key_frame()
-            except Exception as exc:
-                log.debug("key frame request for %s failed: %s", self.connection_id, exc)
+        self._peer_call("key frame request", lambda peer: peer.request_key_frame())
 
     # ------------------------------------------------------------------ main
     def run(self) -> None:
@@ -261,7 +273,7 @@ class Session:
             self._ws_open = False
             return None
         try:
-            message = json.loads(payload.decode("utf-8"))
+            message = decode_json(payload)
         except (UnicodeDecodeError, ValueError):
             self.terminate(CLOSE_BAD_MESSAGE, "INVALID-JSON")
             self._read_until_closed()
@@ -298,7 +310,7 @@ class Session:
                 log.debug("session %s: WebSocket ended: %s", self.connection_id, exc)
                 break
             try:
-                message = json.loads(payload.decode("utf-8"))
+                message = decode_json(payload)
             except (UnicodeDecodeError, ValueError):
                 log.warning("session %s: ignoring a non-JSON message", self.connection_id)
                 continue
@@ -330,7 +342,11 @@ class Session:
             log.debug("session %s: ignoring %r", self.connection_id, kind)
 
     def _send_ws(self, message: Dict[str, Any]) -> bool:
-        text = encode_json(message)
+        try:
+            text = encode_json(message)
+        except ValueError as exc:
+            log.warning("session %s: not sending invalid JSON: %s", self.connection_id, exc)
+            return False
         with self._lock:
             if not self._ws_open:
                 return False
@@ -434,6 +450,8 @@ class Session:
             raise Reject(CLOSE_BAD_MESSAGE, "INVALID-VIDEO-CODEC-TYPE")
         if not isinstance(audio_codec, str) or audio_codec.upper() not in AUDIO_CAPS:
             raise Reject(CLOSE_BAD_MESSAGE, "INVALID-AUDIO-CODEC-TYPE")
+        if not self.audio and not self.video and not self.data_channel_signaling:
+            raise Reject(CLOSE_BAD_MESSAGE, "INVALID-AUDIO-VIDEO")  # nothing to negotiate
         self.video_codec_type = video_codec.upper() if self.video else None
         self.audio_codec_type = audio_codec.upper() if self.audio else None
 
@@ -498,7 +516,6 @@ class Session:
         offer: Dict[str, Any] = {
             "type": "offer",
             "sdp": sdp,
-            "version": "local",
             "client_id": self.client_id,
             "bundle_id": self.bundle_id,
             "connection_id": self.connection_id,
@@ -572,14 +589,10 @@ class Session:
 
     def _on_re_answer(self, message: Dict[str, Any]) -> None:
         sdp = message.get("sdp")
-        peer = self._peer
-        if not isinstance(sdp, str) or peer is None or peer.closed:
+        if not isinstance(sdp, str):
             return
         # TODO(re-offer): the server sends no re-offer yet; a re-answer is applied as is.
-        try:
-            peer.set_remote_description("answer", sdp)
-        except Exception as exc:
-            log.warning("session %s: re-answer rejected: %s", self.connection_id, exc)
+        self._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", sdp))
 
     def _on_pong(self, message: Dict[str, Any]) -> None:
         self.last_pong = time.monotonic()
@@ -600,17 +613,17 @@ class Session:
                 return False
             use_dc = self._switched and label in self._dc_open
             channel_id = self._dc_ids.get(label)
-            peer = self._peer
-        if use_dc and peer is not None:
-            payload = encode_json(message).encode("utf-8")
+        try:
+            text = encode_json(message)
+        except ValueError as exc:
+            log.warning("session %s: not sending invalid JSON: %s", self.connection_id, exc)
+            return False
+        if use_dc:
+            payload = text.encode("utf-8")
             if self.compress.get(label):
                 payload = zlib.compress(payload)
-            try:
-                peer.send_data(channel_id, payload, True)
-                return True
-            except Exception as exc:
-                log.debug("session %s: send on %s failed: %s", self.connection_id, label, exc)
-                return False
+            return self._peer_call("send on " + label,
+                                   lambda peer: peer.send_data(channel_id, payload, True) or True, False)
         return self._send_ws(message)
 
     def deliver_user_message(self, label: str, payload: bytes, sender_id: str) -> bool:
@@ -620,19 +633,14 @@ class Session:
             if spec is None or self._ending or label not in self._dc_open:
                 return False
             channel_id = self._dc_ids[label]
-            peer = self._peer
         header = spec.get("header")
         if isinstance(header, list) and any(isinstance(h, dict) and h.get("type") == "sender_connection_id"
                                             for h in header):
             payload = sender_id.encode("ascii") + payload
         if spec.get("compress") is True:
             payload = zlib.compress(payload)
-        try:
-            peer.send_data(channel_id, payload, True)
-            return True
-        except Exception as exc:
-            log.debug("session %s: relay on %s failed: %s", self.connection_id, label, exc)
-            return False
+        return self._peer_call("relay on " + label,
+                               lambda peer: peer.send_data(channel_id, payload, True) or True, False)
 
     # ------------------------------------------------------------- engine events
     def _on_peer_event(self, event) -> None:
@@ -697,7 +705,7 @@ class Session:
         if label not in ("signaling", "stats"):
             return
         try:
-            message = json.loads(data.decode("utf-8"))
+            message = decode_json(data)
         except (UnicodeDecodeError, ValueError):
             log.warning("session %s: non-JSON message on %s", self.connection_id, label)
             return
@@ -784,20 +792,20 @@ class Session:
         if peer is not None:
             if open_ids:
                 for channel_id in open_ids:
-                    try:
-                        peer.close_data_channel(channel_id)
-                    except Exception:
-                        pass
+                    self._peer_call("close data channel", lambda p: p.close_data_channel(channel_id))
                 # Give the client a moment to see the channels close before the
-                # transport goes away.
+                # transport goes away (the peer lock is free meanwhile: the
+                # dispatcher may need it to deliver the close events).
                 deadline = time.monotonic() + 1.0
                 with self._lock:
-                    while self._dc_open and time.monotonic() < deadline:
-                        self._dc_cond.wait(deadline - time.monotonic())
-            try:
-                peer.close()
-            except Exception as exc:
-                log.debug("session %s: closing the peer failed: %s", self.connection_id, exc)
+                    while self._dc_open and time.monotonic() < deadline \
+                            and peer.connection_state not in ("failed", "closed"):
+                        self._dc_cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            with self._peer_lock:
+                try:
+                    peer.close()
+                except Exception as exc:
+                    log.debug("session %s: closing the peer failed: %s", self.connection_id, exc)
         if not self.ws.closed:
             self.ws.close(self._end_code, self._end_reason, timeout=2.0)
         self.ws.abort()

@@ -1,0 +1,546 @@
+/* The receive side: sinks decode a remote track into frames; forwards re-send its RTP on another peer. */
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- shared branch helpers ------------------------------------------------- */
+
+/* Add `chain` to the peer's pipeline, link it in order and hang it on a new tee branch. */
+static int add_branch(sora_peer *peer, GstElement *tee, GstElement **chain, gint n) {
+  GstBin *bin = GST_BIN(sora_peer_pipeline(peer));
+  for (gint i = 0; i < n; i++) gst_bin_add(bin, chain[i]);
+  for (gint i = 0; i + 1 < n; i++) {
+    if (!gst_element_link(chain[i], chain[i + 1])) {
+      int rc = sora_fail(SORA_ERR_ENGINE, "cannot link %s to %s", GST_OBJECT_NAME(chain[i]),
+                         GST_OBJECT_NAME(chain[i + 1]));
+      for (gint j = 0; j < n; j++) gst_bin_remove(bin, chain[j]);
+      return rc;
+    }
+  }
+  for (gint i = n - 1; i >= 0; i--) gst_element_sync_state_with_parent(chain[i]);
+  GstPad *teepad = gst_element_request_pad_simple(tee, "src_%u");
+  GstPad *sinkpad = gst_element_get_static_pad(chain[0], "sink");
+  GstPadLinkReturn r = gst_pad_link(teepad, sinkpad);
+  gst_object_unref(sinkpad);
+  gst_object_unref(teepad);
+  if (r != GST_PAD_LINK_OK) return sora_fail(SORA_ERR_ENGINE, "cannot attach to the track (link result %d)", r);
+  return SORA_OK;
+}
+
+/* Ask the remote sender for a key frame (the engine turns this into RTCP PLI). */
+static void request_remote_key_frame(GstElement *tee) {
+  GstPad *pad = gst_element_get_static_pad(tee, "sink");
+  gst_pad_push_event(pad, gst_video_event_new_upstream_force_key_unit(GST_CLOCK_TIME_NONE, FALSE, 0));
+  gst_object_unref(pad);
+}
+
+static const char *depayloader_for(const char *encoding) {
+  static const struct {
+    const char *encoding, *element;
+  } map[] = {{"VP8", "rtpvp8depay"},   {"VP9", "rtpvp9depay"},   {"H264", "rtph264depay"},
+             {"H265", "rtph265depay"}, {"OPUS", "rtpopusdepay"}, {"AV1", "rtpav1depay"}};
+  for (guint i = 0; encoding && i < G_N_ELEMENTS(map); i++)
+    if (g_ascii_strcasecmp(encoding, map[i].encoding) == 0) return map[i].element;
+  return NULL;
+}
+
+/* ---- sinks ------------------------------------------------------------------ */
+
+typedef struct {
+  GstSample *sample;
+  GstMapInfo map;
+} frame_ref;
+
+struct sora_sink {
+  sora_handle_base base;
+  sora_child child;
+  gint refs; /* owner + appsink callbacks */
+  GMutex lock;
+  GCond cond;
+  GQueue queue; /* GstSample* */
+  guint capacity;
+  gint64 dropped;
+  gboolean stopping;
+  gboolean detached;
+  GThread *thread;
+  gint format;
+  GstElement *valve; /* owned reference */
+  sora_peer *peer;   /* NULL once detached */
+};
+
+SORA_C_API void sora_c_release(void *ref) {
+  frame_ref *f = ref;
+  if (!f) return;
+  gst_buffer_unmap(gst_sample_get_buffer(f->sample), &f->map);
+  gst_sample_unref(f->sample);
+  g_free(f);
+}
+
+static void sink_unref(gpointer data) {
+  sora_sink *sink = data;
+  if (!g_atomic_int_dec_and_test(&sink->refs)) return;
+  GstSample *s;
+  while ((s = g_queue_pop_head(&sink->queue))) gst_sample_unref(s);
+  g_mutex_clear(&sink->lock);
+  g_cond_clear(&sink->cond);
+  if (sink->valve) gst_object_unref(sink->valve);
+  g_free(sink);
+}
+
+static void sink_free(sora_handle_base *base) { sink_unref(base); }
+
+static GstFlowReturn sink_new_sample(GstAppSink *appsink, gpointer data) {
+  sora_sink *sink = data;
+  GstSample *sample = gst_app_sink_pull_sample(appsink);
+  if (!sample) return GST_FLOW_OK;
+  g_mutex_lock(&sink->lock);
+  if (sink->stopping) {
+    g_mutex_unlock(&sink->lock);
+    gst_sample_unref(sample);
+    return GST_FLOW_OK;
+  }
+  while (g_queue_get_length(&sink->queue) >= sink->capacity) {
+    gst_sample_unref(g_queue_pop_head(&sink->queue));
+    sink->dropped++;
+  }
+  g_queue_push_tail(&sink->queue, sample);
+  g_cond_signal(&sink->cond);
+  g_mutex_unlock(&sink->lock);
+  return GST_FLOW_OK;
+}
+
+static void sink_deliver(sora_sink *sink, GstSample *sample) {
+  GstCaps *caps = gst_sample_get_caps(sample);
+  GstBuffer *buf = gst_sample_get_buffer(sample);
+  if (!caps || !buf) {
+    gst_sample_unref(sample);
+    return;
+  }
+  frame_ref *ref = g_new0(frame_ref, 1);
+  ref->sample = sample;
+  if (!gst_buffer_map(buf, &ref->map, GST_MAP_READ)) {
+    gst_sample_unref(sample);
+    g_free(ref);
+    return;
+  }
+  const GstStructure *st = gst_caps_get_structure(caps, 0);
+  sora_event ev = {.data = ref->map.data, .size = ref->map.size, .ref = ref,
+                   .i2 = GST_BUFFER_PTS_IS_VALID(buf) ? (gint64)(GST_BUFFER_PTS(buf) / 1000) : -1};
+  gint a = 0, b = 0;
+  if (sink->format == SORA_SINK_AUDIO_S16) {
+    ev.type = SORA_EVENT_AUDIO_FRAME;
+    gst_structure_get_int(st, "rate", &a);
+    gst_structure_get_int(st, "channels", &b);
+  } else {
+    ev.type = SORA_EVENT_VIDEO_FRAME;
+    gst_structure_get_int(st, "width", &a);
+    gst_structure_get_int(st, "height", &b);
+  }
+  ev.i0 = a;
+  ev.i1 = b;
+  if (sink->base.callbacks.on_event)
+    sink->base.callbacks.on_event(sink->base.callbacks.user_data, &ev); /* the callee owns ref now */
+  else
+    sora_c_release(ref);
+}
+
+static gpointer sink_main(gpointer data) {
+  sora_sink *sink = data;
+  for (;;) {
+    g_mutex_lock(&sink->lock);
+    while (!sink->stopping && g_queue_is_empty(&sink->queue)) g_cond_wait(&sink->cond, &sink->lock);
+    GstSample *sample = sink->stopping ? NULL : g_queue_pop_head(&sink->queue);
+    g_mutex_unlock(&sink->lock);
+    if (!sample) break;
+    sink_deliver(sink, sample);
+  }
+  return NULL;
+}
+
+/* Stop delivery. With `join`, no callback runs after this returns (unless called from the sink thread). */
+static void sink_stop(sora_sink *sink, gboolean join) {
+  g_mutex_lock(&sink->lock);
+  gboolean first = !sink->stopping;
+  sink->stopping = TRUE;
+  g_cond_broadcast(&sink->cond);
+  g_mutex_unlock(&sink->lock);
+  if (sink->valve) g_object_set(sink->valve, "drop", TRUE, NULL); /* and stop decoding */
+  (void)first;
+  if (join && sink->thread) {
+    if (sink->thread != g_thread_self())
+      g_thread_join(sink->thread);
+    else
+      g_thread_unref(sink->thread);
+    sink->thread = NULL;
+  }
+}
+
+static void sink_detach(sora_child *child) {
+  sora_sink *sink = (sora_sink *)((char *)child - G_STRUCT_OFFSET(sora_sink, child));
+  /* The peer is closing (maybe while a frame callback waits for it): stop without joining here;
+   * sora_sink_destroy joins the thread later. */
+  sink_stop(sink, FALSE);
+  sink->peer = NULL;
+}
+
+static void on_decoded_pad(GstElement *decodebin, GstPad *pad, gpointer data) {
+  (void)decodebin;
+  GstElement *next = data;
+  GstPad *sinkpad = gst_element_get_static_pad(next, "sink");
+  if (!gst_pad_is_linked(sinkpad)) gst_pad_link(pad, sinkpad);
+  gst_object_unref(sinkpad);
+}
+
+SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_sink_config *config,
+                                const sora_callbacks *callbacks, sora_sink **out) {
+  if (!out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "out is NULL");
+  *out = NULL;
+  sora_sink_config cfg = {0};
+  if (config) cfg = *config;
+  if (cfg.format < SORA_SINK_VIDEO_BGR || cfg.format > SORA_SINK_AUDIO_S16)
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "unknown sink format %d", cfg.format);
+  if (cfg.capacity < 0 || cfg.sample_rate < 0 || cfg.channels < 0 || cfg.channels > 8 || cfg.sample_rate > 192000)
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "capacity, sample_rate and channels must be in range");
+  int rc = sora_peer_enter(peer);
+  if (rc) return rc;
+  GstElement *tee = NULL;
+  GstCaps *caps = NULL;
+  char *kind = NULL;
+  rc = sora_peer_find_track(peer, track_id, &tee, &caps, &kind);
+  if (rc) {
+    sora_peer_leave(peer);
+    return rc;
+  }
+  gboolean audio = cfg.format == SORA_SINK_AUDIO_S16;
+  const char *encoding = caps && gst_caps_get_size(caps) ? gst_structure_get_string(gst_caps_get_structure(caps, 0), "encoding-name") : NULL;
+  const char *depay_name = depayloader_for(encoding);
+  if (g_strcmp0(kind, audio ? "audio" : "video") != 0) {
+    rc = sora_fail(SORA_ERR_INVALID_ARGUMENT, "track %" G_GINT64_FORMAT " is %s, not %s", track_id, kind,
+                   audio ? "audio" : "video");
+  } else if (!depay_name || !gst_element_factory_find(depay_name)) {
+    rc = sora_fail(SORA_ERR_UNSUPPORTED, "cannot receive %s: no depayloader", encoding ? encoding : "this codec");
+  }
+  if (rc) goto out;
+  GstElement *chain[8];
+  gint n = 0;
+  GstElement *queue = gst_element_factory_make("queue", NULL);
+  g_object_set(queue, "max-size-buffers", 0, "max-size-bytes", 0, "max-size-time", (guint64)500 * GST_MSECOND, NULL);
+  gst_util_set_object_arg(G_OBJECT(queue), "leaky", "downstream");
+  GstElement *valve = gst_element_factory_make("valve", NULL);
+  GstElement *depay = gst_element_factory_make(depay_name, NULL);
+  GstElement *dec = gst_element_factory_make(audio ? "opusdec" : "decodebin", NULL);
+  GstElement *conv = gst_element_factory_make(audio ? "audioconvert" : "videoconvert", NULL);
+  GstElement *resample = audio ? gst_element_factory_make("audioresample", NULL) : NULL;
+  GstElement *filter = gst_element_factory_make("capsfilter", NULL);
+  GstElement *appsink = gst_element_factory_make("appsink", NULL);
+  if (!queue || !valve || !depay || !dec || !conv || (audio && !resample) || !filter || !appsink) {
+    GstElement *all[] = {queue, valve, depay, dec, conv, resample, filter, appsink};
+    for (guint i = 0; i < G_N_ELEMENTS(all); i++)
+      if (all[i]) gst_object_unref(all[i]);
+    rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements for a %s sink are missing", kind);
+    goto out;
+  }
+  GstCaps *want;
+  if (audio) {
+    want = gst_caps_new_simple("audio/x-raw", "format", G_TYPE_STRING, "S16LE", "layout", G_TYPE_STRING,
+                               "interleaved", NULL);
+    if (cfg.sample_rate) gst_caps_set_simple(want, "rate", G_TYPE_INT, cfg.sample_rate, NULL);
+    if (cfg.channels) gst_caps_set_simple(want, "channels", G_TYPE_INT, cfg.channels, NULL);
+  } else {
+    want = gst_caps_new_simple("video/x-raw", "format", G_TYPE_STRING,
+                               cfg.format == SORA_SINK_VIDEO_I420 ? "I420" : "BGR", NULL);
+  }
+  g_object_set(filter, "caps", want, NULL);
+  gst_caps_unref(want);
+  g_object_set(appsink, "sync", FALSE, "max-buffers", 2, "drop", TRUE, "enable-last-sample", FALSE, NULL);
+
+  sora_sink *sink = g_new0(sora_sink, 1);
+  sora_handle_init(&sink->base, sora_peer_context(peer), callbacks, sink_free);
+  sink->child.detach = sink_detach;
+  sink->refs = 2;
+  g_mutex_init(&sink->lock);
+  g_cond_init(&sink->cond);
+  g_queue_init(&sink->queue);
+  sink->capacity = cfg.capacity > 0 ? (guint)cfg.capacity : (audio ? 50 : 2);
+  sink->format = cfg.format;
+  sink->valve = gst_object_ref(valve);
+  sink->peer = peer;
+  GstAppSinkCallbacks cbs = {0};
+  cbs.new_sample = sink_new_sample;
+  gst_app_sink_set_callbacks(GST_APP_SINK(appsink), &cbs, sink, sink_unref);
+  sink->thread = g_thread_new("sora-sink", sink_main, sink);
+
+  chain[n++] = queue;
+  chain[n++] = valve;
+  chain[n++] = depay;
+  chain[n++] = dec;
+  if (audio) {
+    chain[n++] = conv;
+    chain[n++] = resample;
+    chain[n++] = filter;
+    chain[n++] = appsink;
+    rc = add_branch(peer, tee, chain, n);
+  } else {
+    /* decodebin's pad appears once the stream is known: link the rest then. */
+    GstBin *bin = GST_BIN(sora_peer_pipeline(peer));
+    GstElement *rest[] = {conv, filter, appsink};
+    for (guint i = 0; i < G_N_ELEMENTS(rest); i++) gst_bin_add(bin, rest[i]);
+    gboolean linked = gst_element_link_many(conv, filter, appsink, NULL);
+    for (gint i = G_N_ELEMENTS(rest) - 1; i >= 0; i--) gst_element_sync_state_with_parent(rest[i]);
+    g_signal_connect(dec, "pad-added", G_CALLBACK(on_decoded_pad), conv);
+    rc = linked ? add_branch(peer, tee, chain, n) : sora_fail(SORA_ERR_ENGINE, "cannot link the video converter");
+  }
+  if (rc) {
+    sink_stop(sink, TRUE);
+    sink_unref(sink); /* the owner's reference; appsink's goes with the element */
+    goto out;
+  }
+  sora_peer_add_child(peer, &sink->child);
+  request_remote_key_frame(tee);
+  *out = sink;
+out:
+  if (tee) gst_object_unref(tee);
+  if (caps) gst_caps_unref(caps);
+  g_free(kind);
+  sora_peer_leave(peer);
+  return rc;
+}
+
+SORA_C_API int64_t sora_sink_dropped(sora_sink *sink) {
+  sora_clear_error();
+  if (!sink) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "sink is NULL");
+  g_mutex_lock(&sink->lock);
+  gint64 n = sink->dropped;
+  g_mutex_unlock(&sink->lock);
+  return n;
+}
+
+SORA_C_API int sora_sink_destroy(sora_sink *sink) {
+  sora_clear_error();
+  if (!sink) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "sink is NULL");
+  if (sink->base.destroy_queued) return sora_fail(SORA_ERR_INVALID_STATE, "sink was already destroyed");
+  sora_peer *peer = sink->peer;
+  if (peer && sora_peer_enter(peer) == SORA_OK) {
+    sora_peer_remove_child(peer, &sink->child);
+    sora_peer_leave(peer);
+  }
+  sink_stop(sink, TRUE);
+  sink->peer = NULL;
+  sora_queue_destroy(&sink->base);
+  return SORA_OK;
+}
+
+/* ---- forwards --------------------------------------------------------------- */
+
+struct sora_forward {
+  sora_child child;
+  gint refs;
+  GMutex lock;
+  GstElement *appsrc; /* in the destination pipeline; owned reference, NULL once stopped */
+  GstElement *valve;  /* in the source pipeline; owned reference */
+  GstElement *src_tee;
+  gint payload_type;
+  gboolean rewrite_pt;
+  sora_peer *src, *dst;
+};
+
+/* The existing, unlinked sink pad of the transceiver at `mline`, if webrtcbin already made one. */
+static GstPad *sink_pad_for_mline(GstElement *webrtc, gint mline) {
+  GstPad *found = NULL;
+  GstIterator *it = gst_element_iterate_sink_pads(webrtc);
+  GValue item = G_VALUE_INIT;
+  while (!found && gst_iterator_next(it, &item) == GST_ITERATOR_OK) {
+    GstPad *pad = g_value_get_object(&item);
+    GstWebRTCRTPTransceiver *trans = NULL;
+    if (g_object_class_find_property(G_OBJECT_GET_CLASS(pad), "transceiver"))
+      g_object_get(pad, "transceiver", &trans, NULL);
+    if (trans) {
+      guint index = G_MAXUINT;
+      g_object_get(trans, "mlineindex", &index, NULL);
+      if ((gint)index == mline && !gst_pad_is_linked(pad)) found = gst_object_ref(pad);
+      gst_object_unref(trans);
+    }
+    g_value_reset(&item);
+  }
+  g_value_unset(&item);
+  gst_iterator_free(it);
+  return found;
+}
+
+static void forward_unref(gpointer data) {
+  sora_forward *f = data;
+  if (!g_atomic_int_dec_and_test(&f->refs)) return;
+  if (f->appsrc) gst_object_unref(f->appsrc);
+  if (f->valve) gst_object_unref(f->valve);
+  if (f->src_tee) gst_object_unref(f->src_tee);
+  g_mutex_clear(&f->lock);
+  g_free(f);
+}
+
+static GstFlowReturn forward_new_sample(GstAppSink *appsink, gpointer data) {
+  sora_forward *f = data;
+  GstSample *sample = gst_app_sink_pull_sample(appsink);
+  if (!sample) return GST_FLOW_OK;
+  g_mutex_lock(&f->lock);
+  GstElement *appsrc = f->appsrc ? gst_object_ref(f->appsrc) : NULL;
+  g_mutex_unlock(&f->lock);
+  if (appsrc) {
+    GstBuffer *buf = gst_buffer_ref(gst_sample_get_buffer(sample));
+    if (f->rewrite_pt) {
+      buf = gst_buffer_make_writable(buf);
+      GstRTPBuffer rtp = GST_RTP_BUFFER_INIT;
+      if (gst_rtp_buffer_map(buf, GST_MAP_READWRITE, &rtp)) {
+        gst_rtp_buffer_set_payload_type(&rtp, (guint8)f->payload_type);
+        gst_rtp_buffer_unmap(&rtp);
+      }
+    }
+    GST_BUFFER_PTS(buf) = GST_CLOCK_TIME_NONE;
+    GST_BUFFER_DTS(buf) = GST_CLOCK_TIME_NONE;
+    gst_app_src_push_buffer(GST_APP_SRC(appsrc), buf);
+    gst_object_unref(appsrc);
+  }
+  gst_sample_unref(sample);
+  return GST_FLOW_OK;
+}
+
+/* A key-frame request from the receiving side goes on to the original sender. */
+static GstPadProbeReturn forward_upstream_event(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+  (void)pad;
+  sora_forward *f = data;
+  GstEvent *event = GST_PAD_PROBE_INFO_EVENT(info);
+  if (event && gst_video_event_is_force_key_unit(event)) {
+    g_mutex_lock(&f->lock);
+    GstElement *tee = f->appsrc && f->src_tee ? gst_object_ref(f->src_tee) : NULL;
+    g_mutex_unlock(&f->lock);
+    if (tee) {
+      request_remote_key_frame(tee);
+      gst_object_unref(tee);
+    }
+  }
+  return GST_PAD_PROBE_OK;
+}
+
+static void forward_stop(sora_forward *f) {
+  g_mutex_lock(&f->lock);
+  GstElement *appsrc = f->appsrc;
+  f->appsrc = NULL;
+  g_mutex_unlock(&f->lock);
+  if (f->valve) g_object_set(f->valve, "drop", TRUE, NULL);
+  if (appsrc) gst_object_unref(appsrc);
+}
+
+static void forward_detach_src(sora_child *child) {
+  sora_forward *f = (sora_forward *)((char *)child - G_STRUCT_OFFSET(sora_forward, child));
+  forward_stop(f);
+  f->src = NULL;
+}
+
+SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *dst, int32_t mline,
+                                   int32_t payload_type, sora_forward **out) {
+  sora_clear_error();
+  if (!src || !dst || !out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "src, dst and out must not be NULL");
+  *out = NULL;
+  if (src == dst) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "a peer cannot forward to itself");
+  if (mline < 0 || payload_type < 0 || payload_type > 127)
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "m-line must be >= 0 and payload type 0..127");
+  int rc = sora_peer_enter(src);
+  if (rc) return rc;
+  rc = sora_peer_enter(dst);
+  if (rc) {
+    sora_peer_leave(src);
+    return rc;
+  }
+  GstElement *tee = NULL;
+  GstCaps *caps = NULL;
+  char *kind = NULL;
+  rc = sora_peer_find_track(src, track_id, &tee, &caps, &kind);
+  if (rc) goto out;
+  GstCaps *rtp_caps = caps ? gst_caps_copy(caps) : gst_caps_new_empty_simple("application/x-rtp");
+  gst_caps_set_simple(rtp_caps, "payload", G_TYPE_INT, payload_type, NULL);
+  /* The SSRC stays (key-frame requests are routed by it); offsets belong to the original session. */
+  GstStructure *st = gst_caps_get_structure(rtp_caps, 0);
+  const char *drop[] = {"timestamp-offset", "seqnum-offset", "a-framerate"};
+  for (guint i = 0; i < G_N_ELEMENTS(drop); i++) gst_structure_remove_field(st, drop[i]);
+  gint old_pt = -1;
+  if (caps && gst_caps_get_size(caps)) gst_structure_get_int(gst_caps_get_structure(caps, 0), "payload", &old_pt);
+
+  /* destination: appsrc ! webrtcbin.sink_<mline> */
+  GstElement *appsrc = gst_element_factory_make("appsrc", NULL);
+  g_object_set(appsrc, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "caps", rtp_caps,
+               "max-bytes", (guint64)(4 << 20), "block", FALSE, NULL);
+  gst_util_set_object_arg(G_OBJECT(appsrc), "leaky-type", "downstream");
+  GstElement *dst_webrtc = sora_peer_webrtc(dst);
+  gst_bin_add(GST_BIN(sora_peer_pipeline(dst)), appsrc);
+  char name[32];
+  g_snprintf(name, sizeof name, "sink_%d", mline);
+  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(dst_webrtc), "sink_%u");
+  GstPad *sinkpad = sink_pad_for_mline(dst_webrtc, mline);
+  if (!sinkpad) sinkpad = gst_element_request_pad(dst_webrtc, templ, name, rtp_caps);
+  GstPad *srcpad = gst_element_get_static_pad(appsrc, "src");
+  GstPadLinkReturn link = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
+  if (sinkpad) gst_object_unref(sinkpad);
+  gst_caps_unref(rtp_caps);
+  if (link != GST_PAD_LINK_OK) {
+    gst_object_unref(srcpad);
+    gst_bin_remove(GST_BIN(sora_peer_pipeline(dst)), appsrc);
+    rc = sora_fail(SORA_ERR_ENGINE, "the destination refused m-line %d (link result %d)", mline, link);
+    goto out;
+  }
+  gst_element_sync_state_with_parent(appsrc);
+
+  sora_forward *f = g_new0(sora_forward, 1);
+  f->refs = 3; /* owner, appsink callbacks, key-frame probe */
+  g_mutex_init(&f->lock);
+  f->child.detach = forward_detach_src;
+  f->appsrc = gst_object_ref(appsrc);
+  f->src_tee = gst_object_ref(tee);
+  f->payload_type = payload_type;
+  f->rewrite_pt = old_pt != payload_type;
+  f->src = src;
+  f->dst = dst;
+  gst_pad_add_probe(srcpad, GST_PAD_PROBE_TYPE_EVENT_UPSTREAM, forward_upstream_event, f, forward_unref);
+  gst_object_unref(srcpad);
+
+  /* source: tee ! queue ! valve ! appsink */
+  GstElement *queue = gst_element_factory_make("queue", NULL);
+  g_object_set(queue, "max-size-buffers", 0, "max-size-bytes", 0, "max-size-time", (guint64)200 * GST_MSECOND, NULL);
+  gst_util_set_object_arg(G_OBJECT(queue), "leaky", "downstream");
+  GstElement *valve = gst_element_factory_make("valve", NULL);
+  GstElement *appsink = gst_element_factory_make("appsink", NULL);
+  g_object_set(appsink, "sync", FALSE, "enable-last-sample", FALSE, NULL);
+  f->valve = gst_object_ref(valve);
+  GstAppSinkCallbacks cbs = {0};
+  cbs.new_sample = forward_new_sample;
+  gst_app_sink_set_callbacks(GST_APP_SINK(appsink), &cbs, f, forward_unref);
+  GstElement *chain[] = {queue, valve, appsink};
+  rc = add_branch(src, tee, chain, G_N_ELEMENTS(chain));
+  if (rc) {
+    forward_stop(f);
+    forward_unref(f);
+    goto out;
+  }
+  sora_peer_add_child(src, &f->child);
+  request_remote_key_frame(tee);
+  *out = f;
+out:
+  if (tee) gst_object_unref(tee);
+  if (caps) gst_caps_unref(caps);
+  g_free(kind);
+  sora_peer_leave(dst);
+  sora_peer_leave(src);
+  return rc;
+}
+
+SORA_C_API int sora_forward_destroy(sora_forward *f) {
+  sora_clear_error();
+  if (!f) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "forward is NULL");
+  sora_peer *src = f->src;
+  if (src && sora_peer_enter(src) == SORA_OK) {
+    sora_peer_remove_child(src, &f->child);
+    sora_peer_leave(src);
+  }
+  forward_stop(f);
+  f->src = NULL;
+  forward_unref(f);
+  return SORA_OK;
+}

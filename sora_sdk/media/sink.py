@@ -1,0 +1,53 @@
+"""The engine side of a sink: one shim sink bound to a remote track, delivering on its own thread."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from .._ffi import EventRouter, check, ffi, lib
+
+log = logging.getLogger("sora_sdk")
+
+
+class EngineSink:
+    """Owns one `sora_sink`. `on_event(Event)` runs on the sink's own thread."""
+
+    def __init__(self, context, peer, track_id: int, fmt: int, on_event, capacity: int = 0,
+                 sample_rate: int = 0, channels: int = 0) -> None:
+        self._context = context
+        self._router = EventRouter(on_event)
+        cfg = ffi.new("sora_sink_config *")
+        cfg.format = fmt
+        cfg.capacity = capacity
+        cfg.sample_rate = sample_rate
+        cfg.channels = channels
+        out = ffi.new("sora_sink **")
+        with peer._use() as ptr:
+            check(lib.sora_sink_create(ptr, track_id, cfg, self._router.callbacks, out), "create sink")
+        self._ptr = out[0]
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def dropped(self) -> int:
+        with self._lock:
+            if self._closed or self._context.closed:
+                return 0
+            return lib.sora_sink_dropped(self._ptr)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._context.closed:
+                return
+            rc = lib.sora_sink_destroy(self._ptr)
+        if rc < 0:
+            log.debug("sink destroy: %s", ffi.string(lib.sora_c_last_error()))
+
+
+def frame_view(event, nbytes: int):
+    """A bytes-like view of a frame event's memory that releases the frame when garbage-collected."""
+    ref = event.ref
+    owner = ffi.gc(ffi.cast("uint8_t *", event.ptr), lambda _p, r=ref: lib.sora_c_release(r), size=nbytes)
+    return ffi.buffer(owner, nbytes)
