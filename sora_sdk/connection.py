@@ -412,6 +412,9 @@ class SoraConnection:
             return
         try:
             message = json.loads(text)
+        except RecursionError:
+            self._malformed("a JSON message nested too deeply")
+            return
         except ValueError:
             self._malformed("a message that is not JSON: %.80r" % text)
             return
@@ -672,7 +675,7 @@ class SoraConnection:
         try:
             text = payload.decode("utf-8")
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             log.warning("dropped a message on %r that is not JSON", label)
             return
         if not isinstance(message, dict):

@@ -136,6 +136,8 @@ class Session:
         self.answer_applied = False
         self.candidates_added = 0
         self._cond = threading.Condition()
+        self._stop_reading = threading.Event()
+        self._reader_thread: Optional[threading.Thread] = None
 
     # ---------------------------------------------------------------- waiting
     def wait_message(self, type_: Optional[str] = None, timeout: float = WAIT, start: int = 0) -> Message:
@@ -207,6 +209,11 @@ class Session:
         """End the TCP connection without a close frame (FIN, or RST when ``reset``)."""
         self._note("drop%s" % (" (reset)" if reset else ""))
         if reset:
+            # The reader must be out of poll() first: a polled fd is not released by close(),
+            # so the RST would only go out much later.
+            self._stop_reading.set()
+            if self._reader_thread is not None and self._reader_thread is not threading.current_thread():
+                self._reader_thread.join(2.0)
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             except OSError:
@@ -281,7 +288,11 @@ class Session:
         ws = self.ws
         while True:
             try:
-                is_text, data = ws.recv()
+                is_text, data = ws.recv(timeout=0.1)
+            except TimeoutError:  # polls, so that drop(reset=True) can take the socket over
+                if self._stop_reading.is_set():
+                    return
+                continue
             except wsm.WebSocketClosed as exc:
                 self._set_end(("close", exc.code, exc.reason))
                 return
@@ -453,7 +464,9 @@ class ScriptedServer:
             session = Session(self, len(self.sessions), sock, ws)
             self.sessions.append(session)
             self._cond.notify_all()
-        threading.Thread(target=session._reader, name="scripted-read-%d" % self.port, daemon=True).start()
+        session._reader_thread = threading.Thread(target=session._reader, name="scripted-read-%d" % self.port,
+                                                  daemon=True)
+        session._reader_thread.start()
         session._run_script(self.script)
 
 

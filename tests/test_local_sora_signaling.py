@@ -5,6 +5,7 @@ webrtcbin answerer (sora_sdk.peer.Peer), all over loopback.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import queue
@@ -29,12 +30,8 @@ from sora_sdk.websocket import WebSocketClient, WebSocketClosed, WebSocketError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 10.0
 
-try:
-    import pytest_timeout  # noqa: F401
-
-    pytestmark = pytest.mark.timeout(60)
-except ImportError:
-    pytestmark = []
+# Every wait below is bounded; pytest-timeout (when installed) is a second guard.
+pytestmark = [pytest.mark.timeout(60)] if importlib.util.find_spec("pytest_timeout") else []
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@
  * Rules that hold for every function:
  *  - Functions return SORA_OK (0) or a negative SORA_ERR_* code. On error a
  *    human-readable message is available from sora_c_last_error() on the same
- *    thread until the next failing call on that thread.
+ *    thread. Every function that can fail clears that message when it starts,
+ *    so after a successful call sora_c_last_error() returns "".
  *  - Handles are opaque. Each handle has exactly one owner, who releases it
  *    with the matching *_destroy function. Passing NULL where a handle is
  *    expected returns SORA_ERR_INVALID_ARGUMENT; it never crashes.

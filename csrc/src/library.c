@@ -49,6 +49,7 @@ SORA_C_API const char *sora_c_engine_version(void) {
 }
 
 SORA_C_API int sora_c_element_available(const char *name) {
+  sora_clear_error();
   if (!name || !*name) return 0;
   sora_engine_init();
   GstElementFactory *factory = gst_element_factory_find(name);
@@ -84,6 +85,7 @@ static void ensure_log_category(void) {
 }
 
 SORA_C_API int sora_c_set_log_severity(int32_t severity) {
+  sora_clear_error();
   if (severity < SORA_LOG_VERBOSE || severity > SORA_LOG_NONE)
     return sora_fail(SORA_ERR_INVALID_ARGUMENT, "log severity must be 0..4, got %d", severity);
   sora_engine_init();
@@ -99,6 +101,7 @@ SORA_C_API int sora_c_set_log_severity(int32_t severity) {
 }
 
 SORA_C_API int sora_c_log(int32_t severity, const char *message) {
+  sora_clear_error();
   if (!message) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "message is NULL");
   if (severity < SORA_LOG_VERBOSE || severity > SORA_LOG_NONE)
     return sora_fail(SORA_ERR_INVALID_ARGUMENT, "log severity must be 0..4, got %d", severity);

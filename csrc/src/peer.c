@@ -1,4 +1,5 @@
 /* One peer connection: a pipeline holding a webrtcbin, its send branches and receive sinks. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -298,7 +299,6 @@ static void on_data_channel(GstElement *webrtc, GstWebRTCDataChannel *channel, s
 }
 
 static void on_pad_added(GstElement *webrtc, GstPad *pad, sora_peer *peer) {
-  (void)webrtc;
   if (GST_PAD_DIRECTION(pad) != GST_PAD_SRC) return;
   GstCaps *caps = gst_pad_get_current_caps(pad);
   if (!caps) caps = gst_pad_query_caps(pad, NULL);
@@ -314,6 +314,34 @@ static void on_pad_added(GstElement *webrtc, GstPad *pad, sora_peer *peer) {
     g_object_get(trans, "mid", &mid, "mlineindex", &mline, NULL);
     gst_object_unref(trans);
   }
+  /* With BUNDLE, 1.22 can tie a pad to the wrong transceiver: when the payload type and kind point to
+   * exactly one m-line of the remote description, that m-line is the track's. */
+  gint pt = -1;
+  GstCaps *pcaps = gst_pad_get_current_caps(pad);
+  if (pcaps && gst_caps_get_size(pcaps)) gst_structure_get_int(gst_caps_get_structure(pcaps, 0), "payload", &pt);
+  if (pcaps) gst_caps_unref(pcaps);
+  GstWebRTCSessionDescription *remote = NULL;
+  g_object_get(webrtc, "current-remote-description", &remote, NULL);
+  if (!remote) g_object_get(webrtc, "remote-description", &remote, NULL);
+  if (remote && pt >= 0) {
+    gint found = -1, matches = 0;
+    for (guint i = 0; i < gst_sdp_message_medias_len(remote->sdp); i++) {
+      const GstSDPMedia *m = gst_sdp_message_get_media(remote->sdp, i);
+      if (g_strcmp0(gst_sdp_media_get_media(m), kind) != 0) continue;
+      for (guint f = 0; f < gst_sdp_media_formats_len(m); f++)
+        if (atoi(gst_sdp_media_get_format(m, f)) == pt) {
+          if (found < 0 || (guint)i == mline) found = (gint)i;
+          matches++;
+          break;
+        }
+    }
+    if (found >= 0 && (matches == 1 || (guint)found == mline)) {
+      mline = (guint)found;
+      g_free(mid);
+      mid = g_strdup(gst_sdp_media_get_attribute_val(gst_sdp_message_get_media(remote->sdp, found), "mid"));
+    }
+  }
+  if (remote) gst_webrtc_session_description_free(remote);
   /* Each remote track ends in a tee; sinks and forwards add branches to it later. */
   GstElement *tee = gst_element_factory_make("tee", NULL);
   g_object_set(tee, "allow-not-linked", TRUE, NULL);
@@ -349,6 +377,7 @@ static GstBusSyncReply on_bus_message(GstBus *bus, GstMessage *msg, sora_peer *p
     g_clear_error(&err);
     g_free(debug);
   }
+  gst_message_unref(msg); /* a sync handler that drops a message owns it */
   return GST_BUS_DROP;
 }
 
@@ -403,10 +432,18 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   if (cfg.turn_server) g_object_set(webrtc, "turn-server", cfg.turn_server, NULL);
   gst_bin_add(GST_BIN(peer->pipeline), webrtc);
 
-  GObject *ice = NULL;
+  GObject *ice = NULL, *again = NULL;
   g_object_get(webrtc, "ice-agent", &ice, NULL);
   if (ice) {
-    peer->ice = gst_object_ref(GST_OBJECT(ice)); /* the getter gives no reference of its own */
+    /* Some 1.22 builds return the agent without a reference, others with one: probe which,
+     * so the peer holds exactly one reference of its own either way. */
+    guint before = ice->ref_count;
+    g_object_get(webrtc, "ice-agent", &again, NULL);
+    if (ice->ref_count > before)
+      g_object_unref(again);
+    else
+      g_object_ref(ice);
+    peer->ice = GST_OBJECT(ice);
     gboolean added = FALSE;
     if (peer->loopback_only) g_signal_emit_by_name(ice, "add-local-ip-address", "127.0.0.1", &added);
     if (peer->local_address) g_signal_emit_by_name(ice, "add-local-ip-address", peer->local_address, &added);
@@ -467,6 +504,7 @@ SORA_C_API int sora_peer_close(sora_peer *peer) {
   g_signal_handlers_disconnect_matched(peer->webrtc, G_SIGNAL_MATCH_DATA, 0, 0, NULL, NULL, peer);
   GstBus *bus = gst_pipeline_get_bus(GST_PIPELINE(peer->pipeline));
   gst_bus_set_sync_handler(bus, NULL, NULL, NULL);
+  gst_bus_set_flushing(bus, TRUE); /* queued messages hold references to the elements */
   gst_object_unref(bus);
   g_list_free_full(peer->encoders, gst_object_unref);
   peer->encoders = NULL;
@@ -898,6 +936,8 @@ static int impl_sora_peer_send_data(sora_peer *peer, int32_t channel_id, const u
   int rc = check_peer(peer);
   if (rc) return rc;
   if (!data && size) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "data is NULL");
+  if (size == 0) /* GStreamer 1.22's SCTP encoder fails the whole association on an empty message */
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "empty data-channel messages cannot be sent by this engine");
   GstWebRTCDataChannel *ch = channel_get(peer, channel_id);
   if (!ch) return sora_fail(SORA_ERR_NOT_FOUND, "no data channel with id %d", channel_id);
   GstWebRTCDataChannelState state;
@@ -1020,7 +1060,7 @@ static int impl_sora_peer_get_stats(sora_peer *peer, char **json_out) {
     gst_structure_free(all);
   }
   gst_promise_unref(promise);
-  return SORA_OK;
+  return rc;
 }
 
 /* ---- public entry points: shared op_lock against a concurrent close ---- */

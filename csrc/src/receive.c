@@ -193,6 +193,7 @@ static void on_decoded_pad(GstElement *decodebin, GstPad *pad, gpointer data) {
 
 SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_sink_config *config,
                                 const sora_callbacks *callbacks, sora_sink **out) {
+  sora_clear_error();
   if (!out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "out is NULL");
   *out = NULL;
   sora_sink_config cfg = {0};

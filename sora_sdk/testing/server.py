@@ -293,17 +293,17 @@ class LocalSora:
     # ---- listener ----
     def _accept_loop(self) -> None:
         listener = self._listener
+        listener.settimeout(0.1)  # (select() cannot watch descriptors above 1023)
         while not self._closing:
             try:
-                ready, _, _ = select.select([listener], [], [], 0.1)
-            except (OSError, ValueError):
-                break
-            if not ready:
-                continue
-            try:
                 sock, address = listener.accept()
-            except OSError:
+            except socket.timeout:
                 continue
+            except OSError:
+                if self._closing:
+                    break
+                continue
+            sock.settimeout(None)
             with self._lock:
                 if self._closing:
                     sock.close()

@@ -212,7 +212,8 @@ pv = ffi.new("sora_codec_params *"); pv.codec = vp8; pv.payload_type = 96; pv.cl
 pa = ffi.new("sora_codec_params *"); pa.codec = opus; pa.payload_type = 111; pa.clock_rate = 48000; pa.channels = 2
 dcinit = ffi.new("sora_data_channel_init *")
 dcinit.ordered = 1; dcinit.max_packet_life_time = -1; dcinit.max_retransmits = -1; dcinit.id = -1
-SDP = b"v=0\r\no=- 1 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:111 OPUS/48000/2\r\n"
+SDP = (b"v=0\r\no=- 1 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+       b"m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:111 OPUS/48000/2\r\n")
 CAND = b"candidate:1 1 UDP 2015364095 127.0.0.1 40000 typ host"
 ctx_router = EventRouter(lambda e: None)
 peer_router = EventRouter(lambda e: None)
@@ -225,6 +226,16 @@ assert lib.sora_video_source_create(ctx, vspp) == 0
 vs = vspp[0]
 assert lib.sora_audio_source_create(ctx, 1, 48000, aspp) == 0
 aus = aspp[0]
+peerpp2 = ffi.new("sora_peer **")
+assert lib.sora_peer_create(ctx, cfg, peer_router2.callbacks, peerpp2) == 0
+peer2 = peerpp2[0]
+sink_router = EventRouter(lambda e: None)
+try:
+    sink_cfg = ffi.new("sora_sink_config *")
+    sinkpp = ffi.new("sora_sink **")
+    fwdpp = ffi.new("sora_forward **")
+except Exception:  # a binding built from an older header: those calls report it themselves
+    pass
 """
 
 _EPILOGUE = r"""
@@ -277,6 +288,16 @@ NULL_CALLS = [
     ("sora_c_element_available(NULL)", "lib.sora_c_element_available(NULL)", 0, False),
     ("sora_c_log(message=NULL)", "lib.sora_c_log(lib.SORA_LOG_INFO, NULL)", INVALID_ARGUMENT, True),
     ("sora_c_free(NULL)", "lib.sora_c_free(NULL)", None, False),
+    ("sora_c_release(NULL)", "lib.sora_c_release(NULL)", None, False),
+    ("sora_sink_create(peer=NULL)", "lib.sora_sink_create(NULL, 1, sink_cfg, sink_router.callbacks, sinkpp)",
+     INVALID_ARGUMENT, True),
+    ("sora_sink_dropped(NULL)", "lib.sora_sink_dropped(NULL)", INVALID_ARGUMENT, True),
+    ("sora_sink_destroy(NULL)", "lib.sora_sink_destroy(NULL)", INVALID_ARGUMENT, True),
+    ("sora_forward_create(src=NULL)", "lib.sora_forward_create(NULL, 1, peer2, 0, 96, fwdpp)",
+     INVALID_ARGUMENT, True),
+    ("sora_forward_create(dst=NULL)", "lib.sora_forward_create(peer, 1, NULL, 0, 96, fwdpp)",
+     INVALID_ARGUMENT, True),
+    ("sora_forward_destroy(NULL)", "lib.sora_forward_destroy(NULL)", INVALID_ARGUMENT, True),
     # NULL out-pointers and NULL arguments next to a valid handle
     ("sora_context_create(out=NULL)", "lib.sora_context_create(ctx_router.callbacks, NULL)",
      INVALID_ARGUMENT, True),
@@ -319,7 +340,23 @@ NULL_CALLS = [
     ("sora_audio_source_create(out=NULL)", "lib.sora_audio_source_create(ctx, 1, 48000, NULL)",
      INVALID_ARGUMENT, True),
     ("sora_audio_source_push(samples=NULL)", "lib.sora_audio_source_push(aus, NULL, 16, -1)", INVALID_ARGUMENT, True),
+    ("sora_sink_create(out=NULL)", "lib.sora_sink_create(peer, 1, sink_cfg, sink_router.callbacks, NULL)",
+     INVALID_ARGUMENT, True),
+    ("sora_forward_create(out=NULL)", "lib.sora_forward_create(peer, 1, peer2, 0, 96, NULL)",
+     INVALID_ARGUMENT, True),
 ]
+
+# Functions without a handle or pointer argument to pass NULL to.
+NO_NULL_CHECK = {"sora_c_abi_version", "sora_c_last_error", "sora_c_engine_version", "sora_c_set_log_severity"}
+
+
+def test_every_header_function_has_a_null_check():
+    """Keeps this table complete as sora_c.h grows: add a NULL_CALLS entry for each new function."""
+    from .test_header import FUNCTIONS
+
+    covered = {name.split("(")[0] for name, _, _, _ in NULL_CALLS} | NO_NULL_CHECK
+    missing = [f for f in FUNCTIONS if f not in covered]
+    assert not missing, "sora_c.h functions without a NULL-argument check in tests/abi/test_library.py: %r" % missing
 
 
 @pytest.fixture(scope="module")

@@ -304,14 +304,8 @@ def test_data_channel_messages_keep_their_order(channel_pair):
     assert [flag for _, flag in got] == [1 if i % 2 == 0 else 0 for i in range(n)]
 
 
-_EMPTY_TEXT_BUG = (
-    "shim bug (csrc/src/peer.c impl_sora_peer_send_data): an empty text message is passed to webrtcbin "
-    "(gst_webrtc_data_channel_send_string_full with \"\"), which returns SORA_OK, but GStreamer 1.22's sctpenc "
-    "then fails ('Could not write to resource.', SORA_EVENT_ERROR from sctpenc0) and the SCTP association dies: "
-    "no later message on any channel arrives. The shim should refuse size 0 (or send it the RFC 8831 way)")
 
-
-@pytest.mark.parametrize("binary", [1, pytest.param(0, marks=pytest.mark.xfail(strict=True, reason=_EMPTY_TEXT_BUG))],
+@pytest.mark.parametrize("binary", [1, 0],
                          ids=["binary", "text"])
 def test_data_channel_empty_message_keeps_channel_usable(channel_pair, binary):
     """An empty message is delivered (size 0) or refused with an error; the channel keeps working."""
@@ -342,6 +336,32 @@ def test_send_on_channel_not_yet_open_is_invalid_state(peer):
     expect(peer.send(channel_id, b"too early", True), INVALID_STATE, "send before open")
     expect(peer.send(channel_id, b"too early", False), INVALID_STATE, "send text before open")
     assert lib.sora_peer_open_data_channel_count(peer.ptr) == 0
+
+
+def test_strings_passed_in_are_only_borrowed(ctx):
+    """The shim copies what it keeps: overwriting a label/protocol buffer after the call changes nothing."""
+    a, b = ctx.peer("a"), ctx.peer("b")
+    label = ffi.new("char[]", b"borrowed-label")
+    protocol = ffi.new("char[]", b"borrowed-proto")
+    init = ffi.new("sora_data_channel_init *")
+    init.ordered = 1
+    init.max_packet_life_time = -1
+    init.max_retransmits = -1
+    init.protocol = protocol
+    init.id = -1
+    out = ffi.new("int32_t *")
+    expect(lib.sora_peer_create_data_channel(a.ptr, label, init, out), OK, "create_data_channel")
+    ffi.memmove(label, b"XXXXXXXXXXXXXX", 14)
+    ffi.memmove(protocol, b"YYYYYYYYYYYYYY", 14)
+    offer = a.create_offer()
+    assert "XXXX" not in offer and "YYYY" not in offer
+    a.remote, b.remote = b, a
+    sdp = ffi.new("char[]", offer.encode())
+    expect(lib.sora_peer_set_remote_description(b.ptr, b"offer", sdp), OK, "set remote offer")
+    ffi.memmove(sdp, b"garbage" * 4, 28)
+    a.set_remote("answer", b.create_answer())
+    assert wait_open(a, "borrowed-label").str0 == "borrowed-label"
+    assert wait_open(b, "borrowed-label").str0 == "borrowed-label"
 
 
 def test_create_data_channel_options(peer):

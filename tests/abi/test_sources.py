@@ -271,14 +271,7 @@ def test_send_video_and_audio(ctx):
         [(e.str0, e.str1) for e in a.rec.of_type(lib.SORA_EVENT_ERROR) + b.rec.of_type(lib.SORA_EVENT_ERROR)]
 
 
-_TRACK_MLINE_BUG = (
-    "shim bug (csrc/src/peer.c on_pad_added + attach_branch): the answer the shim creates for its send branches "
-    "carries no a=ssrc (the sink pads are requested with caps without ssrc) and no MID header extension, so the "
-    "receiving webrtcbin cannot map the bundled audio SSRC to its transceiver and the TRACK event of the audio "
-    "track reports i1 = 0 and str1 = 'video0' (the video m-line) instead of m-line 1 / mid 'audio1'")
 
-
-@pytest.mark.xfail(strict=True, reason=_TRACK_MLINE_BUG)
 def test_track_events_carry_their_own_mline_and_mid(ctx):
     video, audio = video_source(ctx), audio_source(ctx)
     a, b, offer, answer = sending_pair(ctx, video, audio)
