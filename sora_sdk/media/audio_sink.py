@@ -76,9 +76,25 @@ class SoraAudioSinkImpl(_AudioSinkBase):
         self._chunks = []
         self._buffered = 0
         self._format: Optional[Tuple[int, int]] = None
-        self.on_format: Optional[Callable[[int, int], None]] = None
-        self.on_data: Optional[Callable[[np.ndarray], None]] = None
+        self._callbacks = {}
         super().__init__(track, output_frequency, output_channels, "SoraAudioSink")
+
+    def _get(name):
+        def getter(self):
+            return self._callbacks.get(name)
+
+        def setter(self, value) -> None:
+            if value is None or not callable(value):
+                raise TypeError("%s must be a callable" % name)
+            self._callbacks[name] = value
+
+        return property(getter, setter)
+
+    on_format = _get("on_format")
+    on_format.__doc__ = "Called with (sample_rate, channels) on the first buffer and on any format change."
+    on_data = _get("on_data")
+    on_data.__doc__ = "Called with each decoded int16 array (samples, channels) as it arrives."
+    del _get
 
     def _on_event(self, event) -> None:
         samples, rate, channels = self._samples(event)
@@ -97,7 +113,7 @@ class SoraAudioSinkImpl(_AudioSinkBase):
                 self._buffered -= self._chunks.pop(0).shape[0]
             self._cond.notify_all()
         for name, args in (("on_format", (rate, channels) if changed else None), ("on_data", (samples,))):
-            callback = getattr(self, name)
+            callback = self._callbacks.get(name)
             if callback is not None and args is not None:
                 try:
                     callback(*args)

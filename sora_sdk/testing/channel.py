@@ -7,7 +7,7 @@ API and receive `#` DataChannel messages.
 
 Everything that reaches other connections of a channel goes through here:
 `connection.created` / `connection.destroyed` notifies, pushes, the `#` label
-relay, and (later) media forwarding -- see MediaRouter.
+relay, and media forwarding -- see media.MediaRouter.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import secrets
 import threading
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
+
+from .media import MediaRouter
 
 # Sora's ids: 26 characters, upper-case letters and digits (Crockford base32).
 _ID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -30,41 +32,6 @@ def timestamp() -> str:
     """UTC time in Sora's notify format, e.g. 2025-01-01T00:00:00.000Z."""
     now = datetime.datetime.now(datetime.timezone.utc)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (now.microsecond // 1000)
-
-
-class MediaRouter:
-    """Where RTP forwarding between the connections of a channel plugs in.
-
-    Not implemented yet: the server receives the media of sending clients
-    (recvonly transceivers on its side) and offers receiving clients sendonly
-    transceivers, but sends nothing on them. A later step hooks the server
-    peers' "track"/"rtp-packet" events here and writes the packets to the
-    sendonly transceivers of the other connections (and re-offers when a
-    sender joins or leaves).
-    """
-
-    def __init__(self, channel: "Channel") -> None:
-        self.channel = channel
-
-    def track_added(self, session, event) -> None:
-        """A sending connection's track arrived on its server peer (dispatcher thread)."""
-        # TODO(forwarding): start forwarding this track to the channel's receivers.
-
-    def rtp_packet(self, session, event) -> None:
-        """One RTP packet of a forwarding tap (dispatcher thread)."""
-        # TODO(forwarding): write `event.data` to every receiver's matching transceiver.
-
-    def connection_joined(self, session) -> None:
-        # TODO(forwarding/re-offer): send the new receiver the existing senders' tracks.
-        pass
-
-    def connection_left(self, session) -> None:
-        # TODO(forwarding/re-offer): stop the tracks of a leaving sender.
-        pass
-
-    def request_key_frame(self, session) -> None:
-        """Ask a sending connection for a key frame (RTCP PLI once forwarding exists)."""
-        session.request_key_frame()
 
 
 class Channel:
@@ -153,12 +120,12 @@ class ChannelRegistry:
                 if not channel.attached and not channel.joined \
                         and self._channels.get(session.channel_id) is channel:
                     del self._channels[session.channel_id]
-            if not was_joined:
-                return
-            fields = _connection_fields(session, channel)
-            fields.update(counts)
-            for other in others:
-                other.send_notify(_notify("connection.destroyed", dict(fields)))
+            if was_joined:
+                fields = _connection_fields(session, channel)
+                fields.update(counts)
+                for other in others:
+                    other.send_notify(_notify("connection.destroyed", dict(fields)))
+        # Also for a connection that never joined: its offer may have had forwarded tracks.
         channel.media.connection_left(session)
 
     # ---- look-ups ----

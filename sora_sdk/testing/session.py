@@ -25,6 +25,7 @@ from .. import websocket
 from ..peer import Peer
 from .auth import AuthError, authenticate
 from .channel import new_id, timestamp
+from .media import AUDIO_CAPS, VIDEO_CAPS  # noqa: F401  (re-exported)
 
 log = logging.getLogger("sora_sdk.testing")
 
@@ -36,19 +37,6 @@ DC_DIRECTIONS = ("sendonly", "recvonly", "sendrecv")
 CLOSE_BAD_MESSAGE = 4000   # the first message is not a valid connect
 CLOSE_AUTH_FAILED = 4001   # authentication / authorization refused
 CLOSE_INTERNAL = 4500      # the server could not set up the connection
-
-VIDEO_CAPS = {
-    "VP8": "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000",
-    "VP9": "application/x-rtp,media=video,encoding-name=VP9,payload=98,clock-rate=90000",
-    "AV1": "application/x-rtp,media=video,encoding-name=AV1,payload=45,clock-rate=90000",
-    "H264": ("application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000,"
-             "packetization-mode=(string)1,profile-level-id=(string)42e01f"),
-    "H265": "application/x-rtp,media=video,encoding-name=H265,payload=103,clock-rate=90000",
-}
-AUDIO_CAPS = {
-    "OPUS": ("application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000,"
-             "encoding-params=(string)2"),
-}
 
 # DataChannels the server opens for DataChannel signaling, with their direction
 # as Sora announces them.
@@ -120,6 +108,7 @@ class Session:
         self.connection_lifetime = None
         self.connect_message: Optional[Dict[str, Any]] = None
         self.user_channels: Dict[str, Dict[str, Any]] = {}  # "#label" -> the client's spec
+        self.answer_sdp: Optional[str] = None  # the client's answer (its msid / SSRC lines)
         self.compress: Dict[str, bool] = {}  # every server DataChannel label -> compress
         self.mids: Dict[str, str] = {}
         self.state = "connecting"
@@ -486,15 +475,22 @@ class Session:
             if self._ending:
                 return None
         # The server side of the client's media: it receives what a sending
-        # client sends; a receiving client gets sendonly m-lines (forwarding
-        # fills them later, see channel.MediaRouter).
+        # client sends; a receiving client gets sendonly m-lines of its own
+        # (placeholders), then one sendonly m-line per track of each sender
+        # already in the channel (media.MediaRouter forwards on those).
         direction = "recvonly" if self.role in ("sendonly", "sendrecv") else "sendonly"
         dc_specs = self._data_channel_specs() if self.data_channel_signaling else []
+        channel = server.registry.channel(self.channel_id)
         try:
+            own = 0
             if self.audio:
                 peer.add_transceiver("audio", direction, AUDIO_CAPS[self.audio_codec_type])
+                own += 1
             if self.video:
                 peer.add_transceiver("video", direction, VIDEO_CAPS[self.video_codec_type])
+                own += 1
+            if channel is not None:
+                channel.media.offer_slots(self, peer, own)
             for spec in dc_specs:
                 channel_id = peer.create_data_channel(
                     spec["label"], ordered=spec.get("ordered"),
@@ -508,6 +504,8 @@ class Session:
                 log.warning("session %s: ICE gathering did not complete in %.1f s",
                             self.connection_id, server.ice_gathering_timeout)
             sdp = peer.local_description()
+            if channel is not None:
+                sdp = channel.media.decorate_offer(self, sdp)
         except Exception as exc:
             log.error("session %s: cannot build the offer: %s", self.connection_id, exc)
             self.terminate(CLOSE_INTERNAL, "INTERNAL-ERROR")
@@ -556,6 +554,7 @@ class Session:
         with self._lock:
             if self._ending:
                 return
+            self.answer_sdp = sdp
             self.state = "joined"
             early, self._early_candidates = self._early_candidates, []
         for mline, candidate in early:
@@ -591,8 +590,12 @@ class Session:
         sdp = message.get("sdp")
         if not isinstance(sdp, str):
             return
-        # TODO(re-offer): the server sends no re-offer yet; a re-answer is applied as is.
-        self._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", sdp))
+        channel = self.server.registry.channel(self.channel_id) if self._attached else None
+        if channel is not None:
+            # In order with the channel's other media work (see media.MediaRouter).
+            channel.media.re_answer(self, sdp)
+        else:
+            self._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", sdp))
 
     def _on_pong(self, message: Dict[str, Any]) -> None:
         self.last_pong = time.monotonic()
