@@ -449,6 +449,13 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
     if (peer->local_address) g_signal_emit_by_name(ice, "add-local-ip-address", peer->local_address, &added);
     if (g_object_class_find_property(G_OBJECT_GET_CLASS(ice), "ice-tcp"))
       g_object_set(ice, "ice-tcp", cfg.ice_tcp ? TRUE : FALSE, NULL);
+    /* libnice would otherwise try UPnP port mapping, i.e. SSDP multicast on every interface. */
+    GObject *agent = NULL;
+    if (g_object_class_find_property(G_OBJECT_GET_CLASS(ice), "agent")) g_object_get(ice, "agent", &agent, NULL);
+    if (agent) {
+      if (g_object_class_find_property(G_OBJECT_GET_CLASS(agent), "upnp")) g_object_set(agent, "upnp", FALSE, NULL);
+      g_object_unref(agent);
+    }
   }
   g_signal_connect(webrtc, "on-ice-candidate", G_CALLBACK(on_ice_candidate), peer);
   g_signal_connect(webrtc, "notify::ice-gathering-state", G_CALLBACK(on_state_notify), peer);

@@ -549,7 +549,10 @@ class MediaRouter:
 
     def _start_forwards(self, receiver: Receiver) -> None:
         dst = receiver.session
-        for slot in list(receiver.slots):
+        import os
+        order = list(receiver.slots)
+        if os.environ.get("REV"): order.reverse()
+        for slot in order:
             if slot.state != "active" or slot.forward is not None or slot.mline is None:
                 continue
             with self._lock:
