@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import random
 import threading
 from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlsplit
@@ -330,8 +331,10 @@ class SoraConnection:
 
     def _open_thread(self, urls: Optional[List[str]] = None, redirect: bool = False) -> None:
         opts = self._options
+        if urls is None:  # as the official SDK: no URL is preferred over another
+            urls = random.sample(opts.signaling_urls, len(opts.signaling_urls))
         try:
-            ws, url = open_first(urls or opts.signaling_urls, **self._ws_kwargs(opts.websocket_connection_timeout))
+            ws, url = open_first(urls, **self._ws_kwargs(opts.websocket_connection_timeout))
         except InvalidURLError as exc:
             prefix = "Invalid URL: url=" if redirect else ""
             message = (prefix + (urls or [""])[0]) if redirect else str(exc)

@@ -222,15 +222,26 @@ class Receiver:
 class Sender:
     def __init__(self, session) -> None:
         self.session = session
-        self.tracks: Dict[str, int] = {}   # kind -> engine track id on the sender's server peer
+        self.tracks: Dict[str, int] = {}          # kind -> engine track id on the sender's server peer
+        self.ssrcs: Dict[str, Optional[int]] = {}  # kind -> the client's SSRC for it
+        self.labels: Dict[str, str] = {}          # kind -> track id announced to receivers (a=msid)
         self.joined = False
-        self.info: Dict[str, Tuple[Optional[str], Optional[int]]] = {}
+
+    def codec(self, kind: str) -> Optional[str]:
+        for k, codec in sent_kinds(self.session):
+            if k == kind:
+                return codec
+        return None
+
+    def ready_kinds(self) -> List[Tuple[str, str]]:
+        """(kind, codec) of the tracks that arrived and can be forwarded."""
+        return [(k, c) for k, c in sent_kinds(self.session) if k in self.tracks]
 
     def track_label(self, kind: str) -> str:
-        label = self.info.get(kind, (None, None))[0]
-        if not label:
+        label = self.labels.get(kind)
+        if label is None:
             label = str(uuid.uuid4())
-            self.info[kind] = (label, self.info.get(kind, (None, None))[1])
+            self.labels[kind] = label
         return label
 
 
@@ -549,10 +560,7 @@ class MediaRouter:
 
     def _start_forwards(self, receiver: Receiver) -> None:
         dst = receiver.session
-        import os
-        order = list(receiver.slots)
-        if os.environ.get("REV"): order.reverse()
-        for slot in order:
+        for slot in list(receiver.slots):
             if slot.state != "active" or slot.forward is not None or slot.mline is None:
                 continue
             with self._lock:
