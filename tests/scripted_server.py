@@ -36,6 +36,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import pytest
+
 from sora_sdk import websocket as wsm
 
 WAIT = 10.0  # default bound for "should happen now" waits
@@ -701,8 +703,6 @@ class Recorder:
 # --------------------------------------------------------------------------
 # pytest fixtures (import them into a test module to use them)
 # --------------------------------------------------------------------------
-
-import pytest  # noqa: E402
 
 CLIENT_DEFAULTS = {"role": "sendonly", "channel_id": "scripted", "websocket_close_timeout": 1,
                    "disconnect_wait_timeout": 1, "websocket_connection_timeout": 5}

@@ -9,6 +9,8 @@ message, and the process must stay healthy. Every wait is bounded.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import socket
 import threading
 import time
@@ -20,7 +22,7 @@ from sora_sdk import SoraSignalingErrorCode as Code
 from sora_sdk import websocket as wsm
 
 from scripted_server import (Recorder, ScriptedServer, answer, close, drop, expect, hang_guard,  # noqa: F401
-                             make_client, make_server, notify_created, offer, push, raw_offer, redirect, send,
+                             make_client, make_server, notify_created, offer, push, raw_offer, send,
                              send_big, send_binary, send_frame, send_raw, sleep, sora, wait_event)
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -169,7 +171,12 @@ def test_bad_scheme(sora, make_client, urls, expected):
     conn, rec = make_client(urls)
     started = time.monotonic()
     conn.connect()
-    assert rec.wait_disconnect() == (Code.INVALID_PARAMETER, expected)
+    code, message = rec.wait_disconnect()
+    assert code == Code.INVALID_PARAMETER
+    # one "Invalid Signaling URL: <url> | " chunk per URL; the URL list is shuffled first, as in the official SDK
+    chunks = message.split(" | ")
+    assert chunks[-1] == "" and message.endswith(" | ")
+    assert sorted(chunks[:-1]) == sorted(expected.split(" | ")[:-1])
     assert time.monotonic() - started < 2.0
     assert rec.of("on_ws_close") == []
     assert_single_disconnect(rec)
@@ -423,6 +430,10 @@ FRAMES = st.one_of(
     st.binary(max_size=200).map(lambda b: ("binary", b)),
 )
 
+# 200 examples take ~6 s on CPython; PyPy is ~2.5x slower per example (JIT warm-up), so it runs fewer.
+FUZZ_EXAMPLES = int(os.environ.get("SORA_FUZZ_EXAMPLES",
+                                   "120" if platform.python_implementation() == "PyPy" else "200"))
+
 SENTINEL = "Succeeded to close WebSocket from server: ec=%s wscode=1000 wsreason=SENTINEL" % GRACEFUL
 
 
@@ -445,7 +456,7 @@ def test_random_first_message(make_server):
     threads_before = threading.active_count()
     outcomes = {}
     try:
-        @settings(max_examples=200, deadline=None, database=None, derandomize=False,
+        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=False,
                   suppress_health_check=list(HealthCheck))
         @given(frame=FRAMES.filter(lambda f: not _is_redirect(f)))
         def check(frame):

@@ -59,6 +59,11 @@ RECEIVING_ROLES = ("recvonly", "sendrecv")
 
 # How long a leaving connection waits for the channel's media worker.
 LEAVE_TIMEOUT = 5.0
+# After a sender's track arrives, wait this long before re-offering, so its
+# audio and video (a few ms apart) go in one re-offer.
+TRACK_SETTLE = 0.1
+# A re-offer without a re-answer for this long no longer blocks the next one.
+REOFFER_TIMEOUT = 10.0
 
 _PAYLOAD_RE = re.compile(r"payload=(?:\(int\))?(\d+)")
 
@@ -306,7 +311,31 @@ def _request_remote_key_frame(session, track_id: int, kind: str) -> bool:
     return bool(session._peer_call("remote key frame request", via_sink, False))
 
 
-# ---------------------------------------------------------------------------- the router
+def _received_ssrcs(session) -> Dict[str, int]:
+    """kind -> SSRC of what a server peer receives, from its stats.
+
+    The engine's `kind` field is unreliable; the clock rate of the RTP source
+    is not (48 kHz Opus, 90 kHz video). The busiest source wins (an RTX stream
+    has the video clock rate too).
+    """
+    stats = session._peer_call("stats", lambda peer: peer.get_stats(), None) or []
+    best: Dict[str, Tuple[int, int]] = {}
+    for entry in stats:
+        if not isinstance(entry, dict) or entry.get("type") != "inbound-rtp":
+            continue
+        source = entry.get("gst-rtpsource-stats")
+        rate = source.get("clock-rate") if isinstance(source, dict) else None
+        ssrc = entry.get("ssrc")
+        if not isinstance(ssrc, int) or rate not in (48000, 90000):
+            continue
+        kind = "audio" if rate == 48000 else "video"
+        packets = entry.get("packets-received")
+        packets = packets if isinstance(packets, int) else 0
+        if kind not in best or packets > best[kind][1]:
+            best[kind] = (ssrc, packets)
+    return {kind: value[0] for kind, value in best.items()}
+
+
 class MediaRouter:
     """The SFU of one channel (see the module docstring)."""
 
@@ -316,23 +345,20 @@ class MediaRouter:
         self._senders: Dict[str, Sender] = {}
         self._receivers: Dict[str, Receiver] = {}
         self._worker = _Serial("local-sora-media")
+        self._settle_pending = False
 
     # ---- called by sessions / the registry ----
     def offer_slots(self, session, peer, own_count: int) -> None:
-        """Session thread, before the initial offer: add a slot per track of each joined sender."""
+        """Session thread, before the initial offer: a slot per track of each sender already there."""
         wanted = received_kinds(session)
         with self._lock:
             receiver = Receiver(session, own_count)
             self._receivers[session.connection_id] = receiver
-            senders = [s for s in self._senders.values()
-                       if s.joined and s.session is not session and not s.session._ending]
-        if not wanted:
-            return
-        for sender in senders:
-            for kind, codec in sent_kinds(sender.session):
-                if kind not in wanted:
-                    continue
-                self._add_slot(receiver, peer, sender, kind, codec)
+            plan = [(sender, kind, codec) for sender in self._senders.values()
+                    if sender.joined and sender.session is not session and not sender.session._ending
+                    for kind, codec in sender.ready_kinds() if kind in wanted]
+        for sender, kind, codec in plan:
+            self._add_slot(receiver, peer, sender, kind, codec)
 
     def decorate_offer(self, session, sdp: str) -> str:
         """The offer text for the client: slot m-lines get the sender's msid (and SSRC)."""
@@ -366,22 +392,25 @@ class MediaRouter:
         """The client's re-answer (any thread): applied in order with the channel's other media work."""
         self._worker.submit(lambda: self._apply_re_answer(session, sdp))
 
-    def request_key_frame(self, session) -> None:
-        """Ask a sending connection for a key frame on each of its tracks (RTCP PLI)."""
+    def request_key_frame(self, session) -> int:
+        """Ask a sending connection for a key frame on each of its tracks (RTCP PLI); returns how many."""
         with self._lock:
             sender = self._senders.get(session.connection_id)
             tracks = dict(sender.tracks) if sender is not None else {}
-        for kind, track_id in tracks.items():
-            _request_remote_key_frame(session, track_id, kind)
+        return sum(1 for kind, track_id in tracks.items() if _request_remote_key_frame(session, track_id, kind))
 
     def forwards(self, connection_id: Optional[str] = None) -> List[Dict[str, Any]]:
-        """What is being forwarded (to `connection_id`, or to everyone): for tests and debugging."""
+        """The slots of the receivers (of `connection_id`, or all), as dicts: for tests and debugging."""
         with self._lock:
             receivers = [r for cid, r in self._receivers.items() if connection_id in (None, cid)]
             return [{"receiver": r.session.connection_id, "sender": s.sender_id, "kind": s.kind,
-                     "codec": s.codec, "mline": s.mline, "mid": s.mid, "state": s.state,
-                     "forwarding": s.forward is not None}
+                     "codec": s.codec, "payload_type": s.payload_type, "ssrc": s.ssrc, "mline": s.mline,
+                     "mid": s.mid, "state": s.state, "forwarding": s.forward is not None}
                     for r in receivers for s in r.slots]
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until the media work queued so far is done (tests)."""
+        return self._worker.run_and_wait(lambda: None, timeout)
 
     # ---- worker tasks ----
     def _sender(self, session) -> Sender:
@@ -397,7 +426,12 @@ class MediaRouter:
             if sent_kinds(session):
                 sender = self._sender(session)
                 sender.joined = True
-                sender.info = sender_track_info(getattr(session, "answer_sdp", None))
+                # A libwebrtc client announces its track ids and SSRCs in the answer.
+                for kind, (label, ssrc) in sender_track_info(getattr(session, "answer_sdp", None)).items():
+                    if label and kind not in sender.labels:
+                        sender.labels[kind] = label
+                    if ssrc is not None and sender.ssrcs.get(kind) is None:
+                        sender.ssrcs[kind] = ssrc
                 others = [r for r in self._receivers.values() if r.joined and r.session is not session]
             receiver = self._receivers.get(session.connection_id)
             if receiver is not None and received_kinds(session):
@@ -420,9 +454,8 @@ class MediaRouter:
             sender = self._senders.pop(cid, None)
             affected = []
             if sender is not None:
-                for other in self._receivers.values():
-                    if any(slot.sender_id == cid and slot.live for slot in other.slots):
-                        affected.append(other)
+                affected = [r for r in self._receivers.values()
+                            if any(slot.sender_id == cid and slot.live for slot in r.slots)]
         if receiver is not None:
             for slot in receiver.slots:
                 self._stop_forward(slot)
@@ -433,20 +466,50 @@ class MediaRouter:
             self._reconcile(other)
 
     def _track(self, session, kind: str, track_id: int) -> None:
+        if session._ending or kind not in [k for k, _ in sent_kinds(session)]:
+            return
+        ssrc = None
+        for _ in range(10):
+            ssrc = _received_ssrcs(session).get(kind)
+            if ssrc is not None or session._ending:
+                break
+            time.sleep(0.02)
         cid = session.connection_id
         with self._lock:
-            if session._ending or not sent_kinds(session):
-                return
             sender = self._sender(session)
+            replaced = sender.tracks.get(kind) not in (None, track_id)
             sender.tracks[kind] = track_id
-            receivers = [r for r in self._receivers.values()
-                         if any(s.sender_id == cid and s.kind == kind for s in r.slots)]
-        for receiver in receivers:
-            for slot in receiver.slots:
-                if slot.sender_id == cid and slot.kind == kind and slot.forward is not None:
-                    # a new track for the same kind: restart from it
-                    self._stop_forward(slot)
-            self._start_forwards(receiver)
+            if ssrc is not None:
+                sender.ssrcs[kind] = ssrc
+            receivers = list(self._receivers.values())
+        if replaced:
+            for receiver in receivers:
+                for slot in receiver.slots:
+                    if slot.sender_id == cid and slot.kind == kind:
+                        self._stop_forward(slot)
+                self._start_forwards(receiver)
+        self._reconcile_soon(session)
+
+    def _reconcile_soon(self, session) -> None:
+        """Reconcile every receiver shortly: a sender's audio and video arrive a few ms apart
+        and should go in one re-offer."""
+        with self._lock:
+            if self._settle_pending:
+                return
+            self._settle_pending = True
+
+        def run() -> None:
+            with self._lock:
+                self._settle_pending = False
+                receivers = [r for r in self._receivers.values() if r.joined]
+            for receiver in receivers:
+                self._reconcile(receiver)
+
+        scheduler = session.server.scheduler
+        if scheduler is None:
+            self._worker.submit(run)
+        else:
+            scheduler.call_later(TRACK_SETTLE, lambda: self._worker.submit(run))
 
     def _apply_re_answer(self, session, sdp: str) -> None:
         with self._lock:
@@ -459,22 +522,32 @@ class MediaRouter:
             log.warning("local Sora: the re-answer of %s was not applied", session.connection_id)
         with self._lock:
             receiver.negotiating = False
-            for slot in receiver.slots:
-                if slot.state == "offered" and ok:
-                    slot.state = "active"
-                elif slot.state == "stopped" and ok:
-                    slot.state = "inactive"
+            if ok:
+                for slot in receiver.slots:
+                    if slot.state == "offered":
+                        slot.state = "active"
+                    elif slot.state == "stopped":
+                        slot.state = "inactive"
         if ok:
             self._start_forwards(receiver)
         if receiver.dirty or not ok:
             receiver.dirty = False
-            self._reconcile(receiver, force=not ok)
+            self._reconcile(receiver, force=not ok and not session._ending)
+
+    def _re_offer_expired(self, receiver: Receiver, generation: int) -> None:
+        if receiver.negotiating and receiver.generation == generation and not receiver.session._ending:
+            log.warning("local Sora: no re-answer from %s in %.0f s", receiver.session.connection_id,
+                        REOFFER_TIMEOUT)
+            receiver.negotiating = False
+            if receiver.dirty:
+                receiver.dirty = False
+                self._reconcile(receiver)
 
     # ---- helpers (worker thread, or the receiver's session thread before its offer) ----
     def _add_slot(self, receiver: Receiver, peer, sender: Sender, kind: str, codec: str) -> Optional[Slot]:
         index = receiver.own_count + len(receiver.slots)
-        label = sender.track_label(kind)
-        slot = Slot(sender.session.connection_id, kind, codec, index, label, sender.info.get(kind, (None, None))[1])
+        slot = Slot(sender.session.connection_id, kind, codec, index, sender.track_label(kind),
+                    sender.ssrcs.get(kind))
         try:
             peer.add_transceiver(kind, "sendonly", slot.caps)
         except Exception as exc:
@@ -494,19 +567,19 @@ class MediaRouter:
             return
         wanted = received_kinds(session)
         with self._lock:
-            senders = [s for s in self._senders.values()
-                       if s.joined and s.session is not session and not s.session._ending]
+            desired = {}
+            for sender in self._senders.values():
+                if sender.joined and sender.session is not session and not sender.session._ending:
+                    for kind, codec in sender.ready_kinds():
+                        if kind in wanted:
+                            desired[(sender.session.connection_id, kind)] = (sender, codec)
             live = {(slot.sender_id, slot.kind): slot for slot in receiver.slots if slot.live}
-        desired = {}
-        for sender in senders:
-            for kind, codec in sent_kinds(sender.session):
-                if kind in wanted:
-                    desired[(sender.session.connection_id, kind)] = (sender, codec)
         changed = force
         for key, slot in live.items():
             if key not in desired:
                 self._stop_forward(slot)
-                session._peer_call("set inactive", lambda peer, m=slot.mline: peer.set_direction(m, "inactive"))
+                if slot.mline is not None:
+                    session._peer_call("set inactive", lambda peer, m=slot.mline: peer.set_direction(m, "inactive"))
                 slot.state = "stopped"
                 changed = True
         for key, (sender, codec) in desired.items():
@@ -529,9 +602,15 @@ class MediaRouter:
         receiver.negotiating = True
         receiver.generation += 1
         receiver.re_offers += 1
+        generation = receiver.generation
         if not session._send_signaling("signaling", {"type": "re-offer", "sdp": sdp}):
             log.debug("local Sora: re-offer to %s not sent", session.connection_id)
             receiver.negotiating = False
+            return
+        scheduler = session.server.scheduler
+        if scheduler is not None:
+            scheduler.call_later(REOFFER_TIMEOUT, lambda: self._worker.submit(
+                lambda: self._re_offer_expired(receiver, generation)))
 
     def _decorate(self, receiver: Receiver, sdp: str) -> str:
         head, sections = split_sections(sdp)
