@@ -720,6 +720,23 @@ static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gin
     return sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link);
   }
   for (gint i = n - 1; i >= 0; i--) gst_element_sync_state_with_parent(chain[i]);
+  /* The answer is made before media flows: give the transceiver the caps (with our SSRC) now, so the
+   * answer announces a=ssrc / a=msid as libwebrtc receivers expect. */
+  GstWebRTCRTPTransceiver *trans = NULL;
+  g_signal_emit_by_name(peer->webrtc, "get-transceiver", (gint)mline, &trans);
+  if (trans) {
+    GstCaps *prefs = gst_caps_copy(rtp_caps);
+    GstStructure *st = gst_caps_get_structure(prefs, 0);
+    gboolean video = g_strcmp0(gst_structure_get_string(st, "media"), "video") == 0;
+    if (video)
+      gst_structure_set(st, "rtcp-fb-nack", G_TYPE_BOOLEAN, TRUE, "rtcp-fb-nack-pli", G_TYPE_BOOLEAN, TRUE,
+                        "rtcp-fb-ccm-fir", G_TYPE_BOOLEAN, TRUE, NULL);
+    gst_structure_set(st, "rtcp-fb-transport-cc", G_TYPE_BOOLEAN, TRUE, NULL);
+    g_object_set(trans, "codec-preferences", prefs, NULL);
+    if (video) g_object_set(trans, "do-nack", TRUE, NULL); /* answer RTX when the offer has it */
+    gst_caps_unref(prefs);
+    gst_object_unref(trans);
+  }
   return SORA_OK;
 }
 
@@ -731,8 +748,11 @@ static int check_params(const sora_codec_params *p, int32_t mline) {
   return SORA_OK;
 }
 
-static void set_ssrc(GstElement *pay, const sora_codec_params *p) {
-  if (p->ssrc) g_object_set(pay, "ssrc", (guint)p->ssrc, NULL);
+/* The stream's SSRC: chosen here (not by the payloader) so the caps, and so the answer's a=ssrc lines, carry it. */
+static guint set_ssrc(GstElement *pay, const sora_codec_params *p) {
+  guint ssrc = p->ssrc ? (guint)p->ssrc : (g_random_int() | 1u);
+  g_object_set(pay, "ssrc", ssrc, NULL);
+  return ssrc;
 }
 
 static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source *source, int32_t mline,
@@ -806,10 +826,11 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   g_object_set(queue, "max-size-buffers", 2, "max-size-bytes", 0, "max-size-time", (guint64)0, NULL);
   gst_util_set_object_arg(G_OBJECT(queue), "leaky", "downstream");
   g_object_set(pay, "pt", (guint)p->payload_type, "mtu", 1200, NULL);
-  set_ssrc(pay, p);
+  guint ssrc = set_ssrc(pay, p);
   GstCaps *rtp_caps = gst_caps_new_simple("application/x-rtp", "media", G_TYPE_STRING, "video", "encoding-name",
                                           G_TYPE_STRING, encoding, "payload", G_TYPE_INT, p->payload_type,
-                                          "clock-rate", G_TYPE_INT, p->clock_rate > 0 ? p->clock_rate : 90000, NULL);
+                                          "clock-rate", G_TYPE_INT, p->clock_rate > 0 ? p->clock_rate : 90000,
+                                          "ssrc", G_TYPE_UINT, ssrc, NULL);
   g_free(encoding);
   GstElement *chain[7];
   gint n = 0;
@@ -869,11 +890,11 @@ static int impl_sora_peer_attach_audio_source(sora_peer *peer, sora_audio_source
   guint bps = p->bitrate_kbps > 0 ? (guint)p->bitrate_kbps * 1000 : 64000;
   g_object_set(enc, "bitrate", (gint)bps, "frame-size", 20, NULL);
   g_object_set(pay, "pt", (guint)p->payload_type, NULL);
-  set_ssrc(pay, p);
+  guint ssrc = set_ssrc(pay, p);
   GstCaps *rtp_caps = gst_caps_new_simple("application/x-rtp", "media", G_TYPE_STRING, "audio", "encoding-name",
                                           G_TYPE_STRING, "OPUS", "payload", G_TYPE_INT, p->payload_type,
                                           "clock-rate", G_TYPE_INT, 48000, "encoding-params", G_TYPE_STRING, "2",
-                                          NULL);
+                                          "ssrc", G_TYPE_UINT, ssrc, NULL);
   GstElement *chain[] = {src, conv, resample, enc, pay};
   gst_object_ref(src);
   rc = attach_branch(peer, mline, chain, G_N_ELEMENTS(chain), rtp_caps);
