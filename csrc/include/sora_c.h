@@ -115,7 +115,7 @@ typedef struct sora_forward sora_forward;           /* one remote track's RTP re
 /* Peer configuration; zero-initialise, then set what you need. */
 typedef struct sora_peer_config {
   int32_t loopback_only;     /* 1: gather and accept ICE candidates on 127.0.0.1 only */
-  const char *local_address; /* gather on this one local address only (e.g. a netns veth), or NULL */
+  const char *local_address; /* gather on this address only and accept candidates from its /24 (a netns veth), or NULL */
   const char *stun_server;   /* "stun://host:port" or NULL */
   const char *turn_server;   /* "turn(s)://user:pass@host:port" or NULL */
   int32_t ice_tcp;           /* 1: also gather TCP candidates */

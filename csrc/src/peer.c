@@ -105,7 +105,14 @@ static void emit_error(sora_peer *peer, const char *message, const char *element
   emit(peer, &ev);
 }
 
-/* Loopback-only peers never talk to, nor announce, another address. */
+/* True when two IPv4 addresses share their first three octets (a test network namespace's /24). */
+static gboolean same_subnet24(const char *a, const char *b) {
+  const char *da = strrchr(a, '.'), *db = strrchr(b, '.');
+  return da && db && da - a == db - b && strncmp(a, b, (size_t)(da - a)) == 0;
+}
+
+/* Loopback-only peers never talk to, nor announce, another address; a peer bound to `local_address`
+ * keeps to that address's /24 (the veth pair of a test network namespace). */
 static gboolean candidate_allowed(sora_peer *peer, const char *candidate) {
   if (!peer->loopback_only && !peer->local_address) return TRUE;
   /* candidate:<foundation> <component> <transport> <priority> <address> <port> typ ... */
@@ -116,8 +123,7 @@ static gboolean candidate_allowed(sora_peer *peer, const char *candidate) {
   if (g_strv_length(parts) >= 6) {
     const char *addr = parts[4];
     if (peer->loopback_only) ok = g_str_has_prefix(addr, "127.") || g_strcmp0(addr, "::1") == 0;
-    if (peer->local_address && !ok) ok = TRUE; /* remote side of a test netns: any address inside it */
-    if (peer->local_address && peer->loopback_only) ok = ok || g_strcmp0(addr, peer->local_address) == 0;
+    if (peer->local_address && !ok) ok = same_subnet24(addr, peer->local_address);
   }
   g_strfreev(parts);
   return ok;
