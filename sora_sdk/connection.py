@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import random
 import threading
 from typing import Any, Callable, Dict, List, Optional
@@ -499,7 +500,7 @@ class SoraConnection:
         stun, turn = (None, None) if self._loopback else _ice_servers(message["config"])
         try:
             self._peer = Peer(self._context, on_event=self._on_peer_event, loopback_only=self._loopback,
-                              stun_server=stun)
+                              local_address=os.environ.get("SORA_SDK_ICE_ADDRESS") or None, stun_server=stun)
             self._peer.set_remote_description("offer", message["sdp"])
         except SoraError as exc:
             self._fail_internal(Code.ICE_FAILED, "Failed to SetRemoteDescription: %s" % exc)
