@@ -1,0 +1,106 @@
+"""Data channels end to end through the local server: DC signaling, `#` relay, compression, closing over DC."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import sora_sdk
+from tests.conftest import Recorder, wait_until
+
+Code = sora_sdk.SoraSignalingErrorCode
+
+
+def _client(sora, server, channel_id, **kwargs):
+    kwargs.setdefault("data_channel_signaling", True)
+    kwargs.setdefault("data_channels", [{"label": "#chat", "direction": "sendrecv"}])
+    conn = sora.create_connection(signaling_urls=[server.signaling_url], role="sendrecv", channel_id=channel_id,
+                                  audio=False, video=False, **kwargs)
+    rec = Recorder(conn)
+    conn.connect()
+    assert rec.connected.wait(15), rec.events
+    assert wait_until(lambda: rec.of("switched"), 10), rec.events
+    return conn, rec
+
+
+def test_switched_then_user_messages_relay_both_ways(local_sora, sora):
+    a, ra = _client(sora, local_sora, "dc")
+    b, rb = _client(sora, local_sora, "dc")
+    assert wait_until(lambda: ("#chat",) in ra.of("data_channel") and ("#chat",) in rb.of("data_channel"))
+    for label in ("signaling", "notify", "push", "stats"):
+        assert (label,) in ra.of("data_channel")
+    assert a.send_data_channel("#chat", b"hello from a") is True
+    assert wait_until(lambda: ("#chat", b"hello from a") in rb.of("message"))
+    assert b.send_data_channel("#chat", bytearray(b"\x00\x01binary")) is True
+    assert wait_until(lambda: ("#chat", b"\x00\x01binary") in ra.of("message"))
+    # a label that is not open is refused, never reported as sent
+    assert a.send_data_channel("#nope", b"x") is False
+    stats = json.loads(a.get_stats())
+    chat = [s for s in stats if s["type"] == "data-channel" and s["label"] == "#chat"]
+    assert chat and chat[0]["messagesSent"] == 1 and chat[0]["messagesReceived"] == 1
+    assert chat[0]["bytesSent"] == len(b"hello from a") and chat[0]["state"] == "open"
+    b.disconnect()
+    a.disconnect()
+
+
+def test_notify_arrives_over_the_notify_channel_after_switch(local_sora, sora):
+    a, ra = _client(sora, local_sora, "dc-notify")
+    b, rb = _client(sora, local_sora, "dc-notify")
+    assert wait_until(lambda: any(n.get("event_type") == "connection.created" and
+                                  n.get("connection_id") == rb.connection_id for n in ra.notifies))
+    local_sora.push("dc-notify", {"over": "dc"})
+    assert wait_until(lambda: any(json.loads(p[0]).get("data") == {"over": "dc"} for p in rb.of("push")))
+    b.disconnect()
+    a.disconnect()
+
+
+def test_disconnect_over_the_signaling_channel(local_sora, sora):
+    a, ra = _client(sora, local_sora, "dc-bye")
+    a.disconnect()
+    code, message = ra.disconnect
+    assert code == Code.CLOSE_SUCCEEDED
+    assert message == "Succeeded to close Websocket (DC signaling is enabled)"
+    assert wait_until(lambda: not local_sora.connections("dc-bye"))
+
+
+def test_ignore_disconnect_websocket_closes_the_websocket_itself(local_sora, sora):
+    a, ra = _client(sora, local_sora, "dc-ws", ignore_disconnect_websocket=True)
+    assert wait_until(lambda: (1000, "SELF-CLOSED") in ra.of("ws_close"))
+    assert json.loads(ra.of("switched")[0][0]) == {"type": "switched", "ignore_disconnect_websocket": True}
+    b, rb = _client(sora, local_sora, "dc-ws", ignore_disconnect_websocket=True)
+    assert wait_until(lambda: ("#chat",) in rb.of("data_channel"))
+    assert b.send_data_channel("#chat", b"still here")
+    assert wait_until(lambda: ("#chat", b"still here") in ra.of("message"))
+    b.disconnect()
+    a.disconnect()
+    assert ra.disconnect == (Code.CLOSE_SUCCEEDED, "Succeeded to close DataChannel")
+
+
+def test_compressed_labels_are_inflated_on_receipt(sora):
+    from sora_sdk.testing import LocalSora
+
+    with LocalSora(compress_labels=("#chat",)) as server:
+        a, ra = _client(sora, server, "dc-zlib")
+        b, rb = _client(sora, server, "dc-zlib")
+        assert wait_until(lambda: ("#chat",) in rb.of("data_channel"))
+        text = b"compress me " * 100
+        assert a.send_data_channel("#chat", text)
+        assert wait_until(lambda: ("#chat", text) in rb.of("message"))
+        offer = json.loads(ra.of("set_offer")[0][0])
+        assert {"label": "#chat", "compress": True}.items() <= \
+            next(c for c in offer["data_channels"] if c["label"] == "#chat").items()
+        b.disconnect()
+        a.disconnect()
+
+
+def test_send_data_channel_argument_errors(local_sora, sora):
+    a, ra = _client(sora, local_sora, "dc-args")
+    with pytest.raises(TypeError):
+        a.send_data_channel("#chat", "text is not bytes")
+    with pytest.raises(TypeError):
+        a.send_data_channel(b"#chat", b"x")
+    with pytest.raises(sora_sdk.SoraInvalidArgument):
+        a.send_data_channel("#chat", b"")  # the engine cannot send empty messages: a clear error, not a lie
+    a.disconnect()
+    with pytest.raises(sora_sdk.SoraInvalidState):
+        a.send_data_channel("#chat", b"late")
