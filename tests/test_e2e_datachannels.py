@@ -76,21 +76,21 @@ def test_ignore_disconnect_websocket_closes_the_websocket_itself(local_sora, sor
     assert ra.disconnect == (Code.CLOSE_SUCCEEDED, "Succeeded to close DataChannel")
 
 
-def test_compressed_labels_are_inflated_on_receipt(sora):
-    from sora_sdk.testing import LocalSora
-
-    with LocalSora(compress_labels=("#chat",)) as server:
-        a, ra = _client(sora, server, "dc-zlib")
-        b, rb = _client(sora, server, "dc-zlib")
-        assert wait_until(lambda: ("#chat",) in rb.of("data_channel"))
-        text = b"compress me " * 100
-        assert a.send_data_channel("#chat", text)
-        assert wait_until(lambda: ("#chat", text) in rb.of("message"))
-        offer = json.loads(ra.of("set_offer")[0][0])
-        assert {"label": "#chat", "compress": True}.items() <= \
-            next(c for c in offer["data_channels"] if c["label"] == "#chat").items()
-        b.disconnect()
-        a.disconnect()
+def test_compressed_labels_are_inflated_on_receipt(local_sora, sora):
+    channels = [{"label": "#chat", "direction": "sendrecv", "compress": True}]
+    a, ra = _client(sora, local_sora, "dc-zlib", data_channels=channels)
+    b, rb = _client(sora, local_sora, "dc-zlib", data_channels=channels)
+    assert wait_until(lambda: ("#chat",) in rb.of("data_channel"))
+    text = b"compress me " * 100
+    assert a.send_data_channel("#chat", text)
+    assert wait_until(lambda: ("#chat", text) in rb.of("message"))
+    offer = json.loads(ra.of("set_offer")[0][0])
+    assert next(c for c in offer["data_channels"] if c["label"] == "#chat")["compress"] is True
+    stats = json.loads(a.get_stats())
+    chat = next(s for s in stats if s["type"] == "data-channel" and s["label"] == "#chat")
+    assert chat["bytesSent"] == len(text)  # counted before compression, as the application sees it
+    b.disconnect()
+    a.disconnect()
 
 
 def test_send_data_channel_argument_errors(local_sora, sora):
