@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
 from . import sdp as sdp_parser
+from .callbacks import CallbackProperty, invoke
 from . import stats as stats_mod
 from .datachannels import DataChannels
 from .enums import SoraSignalingDirection, SoraSignalingErrorCode, SoraSignalingType
@@ -42,23 +43,6 @@ MAX_INLINE_CANDIDATES = 64
 
 CALLBACK_NAMES = ("on_set_offer", "on_ws_close", "on_disconnect", "on_signaling_message", "on_notify", "on_push",
                   "on_message", "on_rpc", "on_switched", "on_track", "on_data_channel")
-
-
-class _Callback:
-    """A callback property: unset reads as None, setting None or a non-callable raises TypeError."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return self
-        return obj._callbacks.get(self.name)
-
-    def __set__(self, obj, value) -> None:
-        if value is None or not callable(value):
-            raise TypeError("%s must be a callable, got %s" % (self.name, type(value).__name__))
-        obj._callbacks[self.name] = value
 
 
 def _is_loopback_host(url: str) -> bool:
@@ -124,17 +108,17 @@ def _invalid_offer(message: dict) -> Optional[str]:
 class SoraConnection:
     """A connection created by `Sora.create_connection()`; see the official API for each callback."""
 
-    on_set_offer = _Callback("on_set_offer")
-    on_ws_close = _Callback("on_ws_close")
-    on_disconnect = _Callback("on_disconnect")
-    on_signaling_message = _Callback("on_signaling_message")
-    on_notify = _Callback("on_notify")
-    on_push = _Callback("on_push")
-    on_message = _Callback("on_message")
-    on_rpc = _Callback("on_rpc")
-    on_switched = _Callback("on_switched")
-    on_track = _Callback("on_track")
-    on_data_channel = _Callback("on_data_channel")
+    on_set_offer = CallbackProperty("on_set_offer")
+    on_ws_close = CallbackProperty("on_ws_close")
+    on_disconnect = CallbackProperty("on_disconnect")
+    on_signaling_message = CallbackProperty("on_signaling_message")
+    on_notify = CallbackProperty("on_notify")
+    on_push = CallbackProperty("on_push")
+    on_message = CallbackProperty("on_message")
+    on_rpc = CallbackProperty("on_rpc")
+    on_switched = CallbackProperty("on_switched")
+    on_track = CallbackProperty("on_track")
+    on_data_channel = CallbackProperty("on_data_channel")
 
     def __new__(cls, *args, **kwargs):
         if not kwargs.get("_internal"):
@@ -167,13 +151,7 @@ class SoraConnection:
 
     # ------------------------------------------------------------------ helpers
     def _emit(self, name: str, *args: Any) -> None:
-        callback = self._callbacks.get(name)
-        if callback is None:
-            return
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("exception raised in SoraConnection.%s (the connection continues)", name)
+        invoke(self, name, *args)
 
     def _post(self, fn) -> None:
         if not self._context.post(fn):

@@ -1,25 +1,15 @@
 """Receiving audio: SoraAudioSink (pull with read()) and SoraAudioStreamSink (10 ms frames pushed)."""
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
 from .._ffi import ffi, lib
-from .sink import EngineSink
-from .track import SoraTrackInterface
-
-log = logging.getLogger("sora_sdk")
-
-
-def _check_track(track, what: str) -> None:
-    if not isinstance(track, SoraTrackInterface) or not hasattr(track, "_add_sink"):
-        raise TypeError("%s needs a remote track from on_track, got %s" % (what, type(track).__name__))
-    if track.kind != "audio":
-        raise ValueError("%s needs an audio track, got a %s track" % (what, track.kind))
+from ..callbacks import CallbackProperty, invoke
+from .sink import EngineSink, SinkBase
 
 
 def _check_format(output_frequency: int, output_channels: int) -> None:
@@ -32,15 +22,12 @@ def _check_format(output_frequency: int, output_channels: int) -> None:
         raise ValueError("output_channels must be 0 (keep) or 1..8")
 
 
-class _AudioSinkBase:
+class _AudioSinkBase(SinkBase):
     def __init__(self, track, output_frequency: int, output_channels: int, what: str) -> None:
-        _check_track(track, what)
+        super().__init__(track, "audio", what)
         _check_format(output_frequency, output_channels)
         self._rate_req = 0 if output_frequency == -1 else output_frequency
         self._channels_req = output_channels
-        self._engine: Optional[EngineSink] = None
-        self._track_ref = track
-        track._add_sink(self)
 
     def _bind(self, context, peer, track_id: int) -> None:
         self._engine = EngineSink(context, peer, track_id, lib.SORA_SINK_AUDIO_S16, self._on_event,
@@ -54,47 +41,21 @@ class _AudioSinkBase:
             lib.sora_c_release(event.ref)
         return data.reshape(-1, max(channels, 1)), rate, channels
 
-    def close(self) -> None:
-        """Stop receiving (additive API)."""
-        if self._engine is not None:
-            self._engine.close()
-
-    def __del__(self) -> None:
-        engine = getattr(self, "_engine", None)
-        if engine is not None:
-            try:
-                engine.close()
-            except Exception:
-                pass
-
 
 class SoraAudioSinkImpl(_AudioSinkBase):
     """Buffers decoded audio; `read()` pulls it. `on_format`/`on_data` are also called as it arrives."""
 
+    on_format = CallbackProperty("on_format", "Called with (sample_rate, channels) on the first buffer and on "
+                                              "any format change.")
+    on_data = CallbackProperty("on_data", "Called with each decoded int16 array (samples, channels).")
+
     def __init__(self, track, output_frequency: int = -1, output_channels: int = 0) -> None:
+        super().__init__(track, output_frequency, output_channels, "SoraAudioSink")
         self._cond = threading.Condition()
         self._chunks = []
         self._buffered = 0
         self._format: Optional[Tuple[int, int]] = None
-        self._callbacks = {}
-        super().__init__(track, output_frequency, output_channels, "SoraAudioSink")
-
-    def _get(name):
-        def getter(self):
-            return self._callbacks.get(name)
-
-        def setter(self, value) -> None:
-            if value is None or not callable(value):
-                raise TypeError("%s must be a callable" % name)
-            self._callbacks[name] = value
-
-        return property(getter, setter)
-
-    on_format = _get("on_format")
-    on_format.__doc__ = "Called with (sample_rate, channels) on the first buffer and on any format change."
-    on_data = _get("on_data")
-    on_data.__doc__ = "Called with each decoded int16 array (samples, channels) as it arrives."
-    del _get
+        self._attach()
 
     def _on_event(self, event) -> None:
         samples, rate, channels = self._samples(event)
@@ -112,13 +73,9 @@ class SoraAudioSinkImpl(_AudioSinkBase):
             while self._buffered > limit and self._chunks:
                 self._buffered -= self._chunks.pop(0).shape[0]
             self._cond.notify_all()
-        for name, args in (("on_format", (rate, channels) if changed else None), ("on_data", (samples,))):
-            callback = self._callbacks.get(name)
-            if callback is not None and args is not None:
-                try:
-                    callback(*args)
-                except Exception:
-                    log.exception("exception raised in SoraAudioSink.%s (the sink continues)", name)
+        if changed:
+            invoke(self, "on_format", rate, channels)
+        invoke(self, "on_data", samples)
 
     def read(self, frames: int = 0, timeout: float = 1) -> tuple:
         """(True, int16 array (frames, channels)) or (False, None).
@@ -209,20 +166,12 @@ def _new_audio_frame():
 class SoraAudioStreamSinkImpl(_AudioSinkBase):
     """Calls `on_frame(SoraAudioFrame)` for every 10 ms of decoded audio, on this sink's thread."""
 
+    on_frame = CallbackProperty("on_frame", "Called with each 10 ms SoraAudioFrame, on this sink's own thread.")
+
     def __init__(self, track, output_frequency: int = -1, output_channels: int = 0) -> None:
-        self._on_frame: Optional[Callable[[SoraAudioFrame], None]] = None
-        self._pending: Optional[np.ndarray] = None
         super().__init__(track, output_frequency, output_channels, "SoraAudioStreamSink")
-
-    @property
-    def on_frame(self):
-        return self._on_frame
-
-    @on_frame.setter
-    def on_frame(self, value) -> None:
-        if value is None or not callable(value):
-            raise TypeError("on_frame must be a callable")
-        self._on_frame = value
+        self._pending: Optional[np.ndarray] = None
+        self._attach()
 
     def _on_event(self, event) -> None:
         samples, rate, _channels = self._samples(event)
@@ -231,16 +180,9 @@ class SoraAudioStreamSinkImpl(_AudioSinkBase):
         step = max(rate // 100, 1)
         whole = samples.shape[0] // step * step
         self._pending = samples[whole:] if whole < samples.shape[0] else None
-        callback = self._on_frame
         now_ms = int(time.time() * 1000)
         for start in range(0, whole, step):
-            if callback is None:
-                break
-            frame = SoraAudioFrame(samples[start:start + step], rate, now_ms, _internal=True)
-            try:
-                callback(frame)
-            except Exception:
-                log.exception("exception raised in SoraAudioStreamSink.on_frame (the sink continues)")
+            invoke(self, "on_frame", SoraAudioFrame(samples[start:start + step], rate, now_ms, _internal=True))
 
 
 class SoraAudioStreamSink(SoraAudioStreamSinkImpl):

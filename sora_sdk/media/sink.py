@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Optional
 
 from .._ffi import EventRouter, check, ffi, lib
 
@@ -44,6 +45,38 @@ class EngineSink:
             rc = lib.sora_sink_destroy(self._ptr)
         if rc < 0:
             log.debug("sink destroy: %s", ffi.string(lib.sora_c_last_error()))
+
+
+class SinkBase:
+    """What every sink shares: its callbacks, the engine sink once the track has media, and closing."""
+
+    def __init__(self, track, kind: str, what: str) -> None:
+        from .track import SoraTrackInterface
+
+        if not isinstance(track, SoraTrackInterface) or not hasattr(track, "_add_sink"):
+            raise TypeError("%s needs a remote track from on_track, got %s" % (what, type(track).__name__))
+        if track.kind != kind:
+            raise ValueError("%s needs a %s track, got a %s track" % (what, kind, track.kind))
+        self._callbacks = {}
+        self._engine: Optional[EngineSink] = None
+        self._track_ref = track
+
+    def _attach(self) -> None:
+        """Register with the track (last step of __init__: the track may bind at once)."""
+        self._track_ref._add_sink(self)
+
+    def close(self) -> None:
+        """Stop receiving (additive API)."""
+        if self._engine is not None:
+            self._engine.close()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception:
+                pass
 
 
 def frame_view(event, nbytes: int):

@@ -1,16 +1,11 @@
 """Receiving video: SoraVideoSink delivers decoded frames of a remote track as numpy arrays."""
 from __future__ import annotations
 
-import logging
-from typing import Callable, Optional
-
 import numpy as np
 
 from .._ffi import lib
-from .sink import EngineSink, frame_view
-from .track import SoraTrackInterface
-
-log = logging.getLogger("sora_sdk")
+from ..callbacks import CallbackProperty, invoke
+from .sink import EngineSink, SinkBase, frame_view
 
 
 class SoraVideoFrame:
@@ -73,38 +68,24 @@ class SoraVideoFrame:
         return y, u, v
 
 
-class SoraVideoSinkImpl:
+class SoraVideoSinkImpl(SinkBase):
     """Decodes a remote video track; `on_frame(SoraVideoFrame)` runs on this sink's own thread.
 
     Additive keywords: `format="bgr"|"i420"`, `capacity` (frames queued before
     the oldest is dropped; the official queue is unbounded). `dropped` counts drops.
     """
 
-    def __init__(self, track: SoraTrackInterface, format: str = "bgr", capacity: int = 2) -> None:
-        if not isinstance(track, SoraTrackInterface) or not hasattr(track, "_add_sink"):
-            raise TypeError("SoraVideoSink needs a remote track from on_track, got %s" % type(track).__name__)
-        if track.kind != "video":
-            raise ValueError("SoraVideoSink needs a video track, got a %s track" % track.kind)
+    on_frame = CallbackProperty("on_frame", "Called with each SoraVideoFrame, on this sink's own thread.")
+
+    def __init__(self, track, format: str = "bgr", capacity: int = 2) -> None:
+        super().__init__(track, "video", "SoraVideoSink")
         if format not in ("bgr", "i420"):
             raise ValueError('format must be "bgr" or "i420"')
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError("capacity must be an int >= 1")
-        self._on_frame: Optional[Callable[[SoraVideoFrame], None]] = None
         self._format = format
         self._capacity = capacity
-        self._engine: Optional[EngineSink] = None
-        self._track_ref = track
-        track._add_sink(self)
-
-    @property
-    def on_frame(self):
-        return self._on_frame
-
-    @on_frame.setter
-    def on_frame(self, value) -> None:
-        if value is None or not callable(value):
-            raise TypeError("on_frame must be a callable")
-        self._on_frame = value
+        self._attach()
 
     @property
     def dropped(self) -> int:
@@ -116,29 +97,10 @@ class SoraVideoSinkImpl:
         self._engine = EngineSink(context, peer, track_id, fmt, self._on_event, capacity=self._capacity)
 
     def _on_event(self, event) -> None:
-        width, height = event.i0, event.i1
         buffer = frame_view(event, event.size)
-        callback = self._on_frame
-        if callback is None:
-            return
-        frame = SoraVideoFrame(buffer, width, height, self._format, event.i2, _internal=True)
-        try:
-            callback(frame)
-        except Exception:
-            log.exception("exception raised in SoraVideoSink.on_frame (the sink continues)")
-
-    def close(self) -> None:
-        """Stop receiving frames (additive API)."""
-        if self._engine is not None:
-            self._engine.close()
-
-    def __del__(self) -> None:
-        engine = getattr(self, "_engine", None)
-        if engine is not None:
-            try:
-                engine.close()
-            except Exception:
-                pass
+        if "on_frame" in self._callbacks:
+            invoke(self, "on_frame", SoraVideoFrame(buffer, event.i0, event.i1, self._format, event.i2,
+                                                    _internal=True))
 
 
 class SoraVideoSink(SoraVideoSinkImpl):
