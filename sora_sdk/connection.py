@@ -22,7 +22,7 @@ from .callbacks import CallbackProperty, invoke
 from . import stats as stats_mod
 from .datachannels import DataChannels
 from .enums import SoraSignalingDirection, SoraSignalingErrorCode, SoraSignalingType
-from .errors import SoraError, SoraInvalidState
+from .errors import SoraError, SoraInvalidArgument, SoraInvalidState
 from .media.track import SoraMediaTrack, random_track_id
 from .peer import Peer
 from .websocket import (HandshakeError, HandshakeTimeout, InvalidURLError, ProtocolError, WebSocketClosed,
@@ -148,6 +148,7 @@ class SoraConnection:
         self._answer_sent = False
         self._close_reason = ""
         self._connection_id: Optional[str] = None
+        self._descriptions = (None, None)  # (remote offer, local answer) last negotiated
 
     # ------------------------------------------------------------------ helpers
     def _emit(self, name: str, *args: Any) -> None:
@@ -266,6 +267,8 @@ class SoraConnection:
             raise TypeError("data must be bytes, got %s" % type(data).__name__)
         if self._state == CLOSED:
             raise SoraInvalidState("send_data_channel() was called after disconnect")
+        if len(data) == 0:
+            raise SoraInvalidArgument("empty data-channel messages cannot be sent by this engine (GStreamer 1.22)")
         peer = self._peer
         channel = self._channels.get(label)
         if peer is None or channel is None:
@@ -501,6 +504,7 @@ class SoraConnection:
             self._fail_internal(Code.ICE_FAILED, "Failed to CreateAnswer: %s" % exc)
             return
         self._send_ws(json.dumps({"type": "answer", "sdp": answer}, separators=(",", ":")))
+        self._descriptions = (message["sdp"], answer)
         self._answer_sent = True
         for candidate in self._pending_candidates:
             self._send_candidate(candidate)
@@ -556,6 +560,7 @@ class SoraConnection:
         except SoraError as exc:
             self._fail_internal(Code.ICE_FAILED, "Failed to apply %s: %s" % (message.get("type"), exc))
             return
+        self._descriptions = (sdp, answer)
         reply = json.dumps({"type": answer_type, "sdp": answer}, separators=(",", ":"))
         if answer_type == "re-answer" and self._dc_active and self._send_dc("signaling", reply):
             self._emit("on_signaling_message", DC, SENT, reply)
@@ -690,6 +695,7 @@ class SoraConnection:
         except SoraError as exc:
             self._fail_internal(Code.ICE_FAILED, "Failed to apply re-offer: %s" % exc)
             return
+        self._descriptions = (sdp, answer)
         reply = json.dumps({"type": "re-answer", "sdp": answer}, separators=(",", ":"))
         if self._send_dc("signaling", reply):
             self._emit("on_signaling_message", DC, SENT, reply)
@@ -796,4 +802,4 @@ class SoraConnection:
         if opts.audio_source is not None and opts.audio_bit_rate:
             extra["audio"] = {"targetBitrate": opts.audio_bit_rate * 1000}
         return stats_mod.to_w3c(raw, data_channels=self._channels.stats(), media_sources=sources,
-                                outbound_extra=extra)
+                                outbound_extra=extra, ssrcs=sdp_parser.ssrc_table(*self._descriptions))

@@ -34,6 +34,8 @@ class MediaSection:
         self.codecs: Dict[int, Codec] = {}
         self.msid: Optional[str] = None
         self.rids: List[str] = []
+        self.ssrcs: List[int] = []
+        self.fid: Dict[int, int] = {}  # RTX SSRC -> the SSRC it repairs
 
     def media_codecs(self) -> List[Codec]:
         """Codecs in preference order, without RTX/RED/FEC entries."""
@@ -78,6 +80,14 @@ def parse(sdp: str) -> List[MediaSection]:
                 current.msid = value
             elif name == "rid":
                 current.rids.append(value.split()[0])
+            elif name == "ssrc":
+                head = value.split(" ", 1)[0]
+                if head.isdigit() and int(head) not in current.ssrcs:
+                    current.ssrcs.append(int(head))
+            elif name == "ssrc-group":
+                parts = value.split()
+                if len(parts) == 3 and parts[0] == "FID" and parts[1].isdigit() and parts[2].isdigit():
+                    current.fid[int(parts[2])] = int(parts[1])
             elif name == "rtpmap":
                 pt_text, _, enc = value.partition(" ")
                 parts = enc.split("/")
@@ -99,3 +109,18 @@ def mids(sdp: str) -> Dict[str, str]:
         if section.kind in ("audio", "video") and section.kind not in out and section.mid is not None:
             out[section.kind] = section.mid
     return out
+
+
+def ssrc_table(*sdps: Optional[str]) -> Dict[int, dict]:
+    """{ssrc: {"kind", "mid", "codec", "rtx_of"}} from the a=ssrc / a=ssrc-group:FID lines of descriptions."""
+    table: Dict[int, dict] = {}
+    for text in sdps:
+        if not text:
+            continue
+        for section in parse(text):
+            codecs = section.media_codecs()
+            codec = codecs[0].name.upper() if codecs else None
+            for ssrc in section.ssrcs:
+                table[ssrc] = {"kind": section.kind, "mid": section.mid, "codec": codec,
+                               "rtx_of": section.fid.get(ssrc)}
+    return table

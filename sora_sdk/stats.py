@@ -49,12 +49,17 @@ def _certificate(cid: str, pem: str) -> Optional[dict]:
 
 
 def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources: Iterable[dict] = (),
-           outbound_extra: Optional[Dict[str, dict]] = None, now_us: Optional[int] = None) -> List[dict]:
+           outbound_extra: Optional[Dict[str, dict]] = None, ssrcs: Optional[Dict[int, dict]] = None,
+           now_us: Optional[int] = None) -> List[dict]:
     """Convert the engine's raw stats into a list of W3C RTCStats dicts.
 
     `outbound_extra` maps kind ("audio"/"video") to fields added to that kind's
     outbound-rtp entries (encoder name, frame size, target bitrate...).
+    `ssrcs` is `sdp.ssrc_table()` of the negotiated descriptions: it names each
+    SSRC's kind and codec when the engine's codec entries do not, and folds RTX
+    streams into the stream they repair (retransmitted*), as libwebrtc reports them.
     """
+    ssrcs = ssrcs or {}
     ts = int(time.time() * 1e6) if now_us is None else now_us
     by_ssrc: Dict[int, dict] = {}
     for item in raw:
@@ -77,11 +82,20 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
 
     def codec_of(item: dict) -> Optional[dict]:
         codec = by_ssrc.get(item.get("ssrc"))
+        if codec is None:  # the engine has not listed it yet: the same codec of the same direction will do
+            known = ssrcs.get(item.get("ssrc"), {})
+            direction = "encode" if item.get("type", "").startswith("outbound") else "decode"
+            codec = next((c for c in by_ssrc.values() if known.get("codec")
+                          and c.get("mime-type", "").split("/")[-1].upper() == known["codec"]
+                          and c.get("codec-type", direction) == direction), None)
         if codec is not None:
             codecs_out[codec["id"]] = codec
         return codec
 
     def media_kind(item: dict) -> str:
+        known = ssrcs.get(item.get("ssrc"))
+        if known:
+            return known["kind"]
         codec = by_ssrc.get(item.get("ssrc"))
         mime = codec.get("mime-type", "") if codec else ""
         return mime.split("/")[0] if "/" in mime else item.get("kind", "")
@@ -89,11 +103,19 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
     def codec_name(item: dict) -> str:
         codec = by_ssrc.get(item.get("ssrc"))
         mime = codec.get("mime-type", "") if codec else ""
-        return mime.split("/")[-1].upper()
+        return mime.split("/")[-1].upper() if mime else (ssrcs.get(item.get("ssrc"), {}).get("codec") or "")
+
+    repairs: Dict[int, dict] = {}
+    for item in raw:
+        rtx_of = ssrcs.get(item.get("ssrc"), {}).get("rtx_of")
+        if rtx_of is not None and item.get("type") in ("outbound-rtp", "inbound-rtp"):
+            repairs[rtx_of] = item
 
     for item in raw:
         kind = item.get("type")
         if kind in ("outbound-rtp", "inbound-rtp", "remote-inbound-rtp", "remote-outbound-rtp"):
+            if ssrcs.get(item.get("ssrc"), {}).get("rtx_of") is not None:
+                continue  # folded into the stream it repairs below
             entry = base(item, kind)
             entry["ssrc"] = item.get("ssrc")
             entry["kind"] = media_kind(item)
@@ -109,6 +131,10 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
                     entry["encoderImplementation"] = ENCODER_IMPLEMENTATIONS[name]
                 entry["mediaSourceId"] = "media-source-" + entry["kind"]
                 entry.update(outbound_extra.get(entry["kind"], {}))
+                rtx = repairs.get(item.get("ssrc"))
+                if rtx is not None:
+                    entry["retransmittedPacketsSent"] = rtx.get("packets-sent", 0)
+                    entry["retransmittedBytesSent"] = rtx.get("bytes-sent", 0)
             elif kind == "inbound-rtp":
                 _copy(item, entry, ("packets-received", "bytes-received", "jitter", "fir-count", "pli-count",
                                     "nack-count", "remote-id"))
@@ -119,6 +145,10 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
                 if name in DECODER_IMPLEMENTATIONS:
                     entry["decoderImplementation"] = DECODER_IMPLEMENTATIONS[name]
                 entry["trackIdentifier"] = entry["id"]
+                rtx = repairs.get(item.get("ssrc"))
+                if rtx is not None:
+                    entry["retransmittedPacketsReceived"] = rtx.get("packets-received", 0)
+                    entry["retransmittedBytesReceived"] = rtx.get("bytes-received", 0)
             elif kind == "remote-inbound-rtp":
                 _copy(item, entry, ("local-id", "fraction-lost", "round-trip-time"))
                 lost = item.get("packets-lost", 0)

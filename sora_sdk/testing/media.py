@@ -468,12 +468,15 @@ class MediaRouter:
     def _track(self, session, kind: str, track_id: int) -> None:
         if session._ending or kind not in [k for k, _ in sent_kinds(session)]:
             return
-        ssrc = None
+        # The client's SSRC for this track: from its answer (libwebrtc and our SDK announce
+        # it), else from the server peer's statistics.
+        ssrc = sender_track_info(getattr(session, "answer_sdp", None)).get(kind, (None, None))[1]
         for _ in range(10):
-            ssrc = _received_ssrcs(session).get(kind)
             if ssrc is not None or session._ending:
                 break
-            time.sleep(0.02)
+            ssrc = _received_ssrcs(session).get(kind)
+            if ssrc is None:
+                time.sleep(0.02)
         cid = session.connection_id
         with self._lock:
             sender = self._sender(session)
