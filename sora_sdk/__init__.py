@@ -25,6 +25,7 @@ from .media.track import SoraMediaTrack, SoraTrackInterface
 from .media.video_sink import SoraVideoFrame, SoraVideoSink, SoraVideoSinkImpl
 from .media.video_source import SoraVideoSource
 from .sora import Sora
+from .vad import SoraVAD
 from .version import VERSION as __version__
 
 
@@ -49,7 +50,7 @@ def rtc_log(severity: SoraLoggingSeverity, message: str, /) -> None:
 __all__ = [
     "Sora", "SoraConnection", "SoraAudioSource", "SoraVideoSource", "SoraVideoSink", "SoraVideoSinkImpl",
     "SoraVideoFrame", "SoraAudioSink", "SoraAudioSinkImpl", "SoraAudioStreamSink", "SoraAudioStreamSinkImpl",
-    "SoraAudioFrame", "SoraTrackInterface", "SoraMediaTrack",
+    "SoraAudioFrame", "SoraVAD", "SoraTrackInterface", "SoraMediaTrack",
     "SoraVideoCodecCapability", "SoraVideoCodecPreference", "get_video_codec_capability",
     "create_video_codec_preference_from_implementation", "enable_libwebrtc_log", "rtc_log",
     "SoraSignalingErrorCode", "SoraSignalingType", "SoraSignalingDirection", "SoraDegradationPreference",

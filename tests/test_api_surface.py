@@ -18,10 +18,10 @@ REFERENCE = os.environ.get("SORA_REFERENCE_DIR") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "reference")
 DUMP = os.path.join(REFERENCE, "captures", "runtime-api-2026.1.0.dev15.txt")
 
-# Official names not provided yet: encoded-frame transformers and the RNN voice-activity detector.
+# Official names not provided yet: encoded-frame transformers.
 NOT_YET = {
     "SoraAudioFrameTransformer", "SoraVideoFrameTransformer", "SoraFrameTransformer",
-    "SoraTransformableFrame", "SoraTransformableAudioFrame", "SoraTransformableVideoFrame", "SoraVAD",
+    "SoraTransformableFrame", "SoraTransformableAudioFrame", "SoraTransformableVideoFrame",
 }
 # Leaked helpers of the official package (importlib.metadata), not API.
 NOT_API = {"PackageNotFoundError", "version", "sora_sdk_ext"}
