@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import threading
 from contextlib import contextmanager
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ._ffi import EventRouter, cbuf, check, cstr, ffi, lib, take_string
-from .errors import SoraInvalidState
+from .errors import SoraInvalidArgument, SoraInvalidState
 
 DIRECTIONS = {
     "inactive": lib.SORA_DIRECTION_INACTIVE,
@@ -28,6 +30,65 @@ EVENT_NAMES = {
     lib.SORA_EVENT_ERROR: "error",
     lib.SORA_EVENT_RTP_PACKET: "rtp-packet",
 }
+
+
+SDES_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+SDES_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+
+
+def _number(value: Any, what: str, rid: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise SoraInvalidArgument("simulcast encoding %s: %s must be a non-negative number, got %r" % (rid, what, value))
+    return float(value)
+
+
+def plan_simulcast(encodings: List[dict], bitrate_kbps: int = 0) -> List[dict]:
+    """Resolve the offer's `encodings` into the layers the engine builds (what the shim would pick by default).
+
+    Each layer: rid, active, scale (scaleResolutionDownBy, default 4/2/1 by position), max_width/max_height
+    (scaleResolutionDownTo, 0 = none), bitrate (bps: maxBitrate, else a share of `bitrate_kbps` by layer area),
+    max_framerate (0 = none), scalability_mode, ssrc (the given one or a random distinct one).
+    """
+    if not isinstance(encodings, list) or not encodings or len(encodings) > 8:
+        raise SoraInvalidArgument("simulcast needs a list of 1..8 encodings")
+    layers: List[dict] = []
+    count = len(encodings)
+    for index, enc in enumerate(encodings):
+        if not isinstance(enc, dict) or not isinstance(enc.get("rid"), str) or not enc["rid"]:
+            raise SoraInvalidArgument("simulcast encoding %d has no rid string" % index)
+        rid = enc["rid"]
+        active = enc.get("active", True)
+        scale = 2.0 ** (count - 1 - index)
+        if enc.get("scaleResolutionDownBy") is not None:
+            scale = _number(enc["scaleResolutionDownBy"], "scaleResolutionDownBy", rid)
+            if scale < 1.0:
+                raise SoraInvalidArgument("simulcast encoding %s: scaleResolutionDownBy must be >= 1" % rid)
+        max_width = max_height = 0
+        down_to = enc.get("scaleResolutionDownTo")
+        if isinstance(down_to, dict):
+            max_width = int(_number(down_to.get("maxWidth", 0), "maxWidth", rid))
+            max_height = int(_number(down_to.get("maxHeight", 0), "maxHeight", rid))
+        layers.append({
+            "rid": rid, "active": active is not False, "scale": scale, "max_width": max_width,
+            "max_height": max_height,
+            "bitrate": int(_number(enc["maxBitrate"], "maxBitrate", rid)) if enc.get("maxBitrate") is not None else 0,
+            "max_framerate": _number(enc["maxFramerate"], "maxFramerate", rid)
+            if enc.get("maxFramerate") is not None else 0.0,
+            "scalability_mode": enc.get("scalabilityMode") if isinstance(enc.get("scalabilityMode"), str) else None,
+            "ssrc": enc.get("ssrc") if isinstance(enc.get("ssrc"), int) else 0,
+        })
+    total = (bitrate_kbps if bitrate_kbps and bitrate_kbps > 0 else 1000) * 1000
+    area = sum(1.0 / (l["scale"] * l["scale"]) for l in layers if l["active"] and not l["bitrate"])
+    used = {l["ssrc"] for l in layers if l["ssrc"]}
+    for layer in layers:
+        if layer["active"] and not layer["bitrate"]:
+            layer["bitrate"] = max(int(total * (1.0 / (layer["scale"] * layer["scale"])) / area), 30000)
+        while not layer["ssrc"]:
+            ssrc = random.getrandbits(32) | 1
+            if ssrc not in used:
+                used.add(ssrc)
+                layer["ssrc"] = ssrc
+    return layers
 
 
 class PeerEvent:
@@ -72,6 +133,7 @@ class Peer:
         check(lib.sora_peer_create(context.ptr, cfg, self._router.callbacks, out), "create peer")
         self._ptr = out[0]
         self._closed = False
+        self._simulcast: Dict[int, dict] = {}  # m-line -> {"codec", "layers"} of attach_video_simulcast
         # Serialises calls with close(): the shim frees the peer after destroy,
         # so no call may start once close() has begun.
         self._lock = threading.RLock()
@@ -173,6 +235,54 @@ class Peer:
         with self._use() as ptr:
             check(lib.sora_peer_attach_audio_source(ptr, source_ptr, mline, p), "attach audio")
 
+    def attach_video_simulcast(self, source_ptr, mline: int, codec: str, payload_type: int,
+                               encodings: List[dict], bitrate_kbps: int = 0, fmtp: Optional[str] = None,
+                               extmaps: Optional[Dict[str, int]] = None) -> List[dict]:
+        """Send `source` as simulcast on `mline`: one layer per entry of the offer's `encodings`.
+
+        `encodings` are dicts as in Sora's offer (rid, active, scaleResolutionDownBy,
+        scaleResolutionDownTo, maxBitrate, maxFramerate, scalabilityMode; optionally ssrc).
+        `extmaps` is the offer m-line's {uri: id} (sdp.MediaSection.extmaps); missing ids are
+        read from the applied offer by the engine. Returns the layers (see plan_simulcast),
+        which get_stats() uses to name each outbound stream's rid.
+        """
+        layers = plan_simulcast(encodings, bitrate_kbps)
+        extmaps = extmaps or {}
+        keep: list = []
+        p = self._codec_params(codec, payload_type, 90000, 0, bitrate_kbps, fmtp, keep)
+        encs = ffi.new("sora_simulcast_encoding[]", len(layers))
+        for i, layer in enumerate(layers):
+            keep.append(cbuf(layer["rid"]))
+            e = encs[i]
+            e.rid = keep[-1]
+            e.active = 1 if layer["active"] else 0
+            e.scale_down_by = layer["scale"]
+            e.max_width = layer["max_width"]
+            e.max_height = layer["max_height"]
+            e.max_bitrate_bps = min(layer["bitrate"], 2 ** 31 - 1)
+            e.max_framerate = layer["max_framerate"]
+            e.ssrc = layer["ssrc"]
+            e.mid_extmap_id = extmaps.get(SDES_MID, 0)
+            e.rid_extmap_id = extmaps.get(SDES_RID, 0)
+        with self._use() as ptr:
+            check(lib.sora_peer_attach_video_simulcast(ptr, source_ptr, mline, p, encs, len(layers)),
+                  "attach simulcast video")
+            self._simulcast[mline] = {"codec": codec.upper(), "layers": layers}
+        return layers
+
+    def simulcast_layers(self) -> Dict[int, dict]:
+        """{ssrc: layer} of every simulcast layer attached to this peer (layer["mline"], ["codec"] added)."""
+        out: Dict[int, dict] = {}
+        for mline, entry in self._simulcast.items():
+            for layer in entry["layers"]:
+                out[layer["ssrc"]] = dict(layer, mline=mline, codec=entry["codec"])
+        return out
+
+    def request_remote_key_frame(self, track_id: int) -> None:
+        """Ask the sender of remote track `track_id` for a key frame (RTCP PLI)."""
+        with self._use() as ptr:
+            check(lib.sora_peer_request_remote_key_frame(ptr, track_id), "request remote key frame")
+
     def request_key_frame(self) -> None:
         with self._use() as ptr:
             check(lib.sora_peer_request_key_frame(ptr), "request key frame")
@@ -215,7 +325,30 @@ class Peer:
         out = ffi.new("char **")
         with self._use() as ptr:
             check(lib.sora_peer_get_stats(ptr, out), "get stats")
-        return json.loads(take_string(out[0]))
+        raw = json.loads(take_string(out[0]))
+        if self._simulcast:
+            self._add_simulcast_stats(raw)
+        return raw
+
+    def _add_simulcast_stats(self, raw: List[dict]) -> None:
+        """Tag each simulcast layer's outbound-rtp with its layer ("sora-simulcast"); list the layers the
+        engine has not reported (paused ones, or none sent yet) with zero counts, as libwebrtc does."""
+        layers = self.simulcast_layers()
+        active = {}
+        for layer in layers.values():
+            active[layer["mline"]] = active.get(layer["mline"], 0) + (1 if layer["active"] else 0)
+        seen = set()
+        for item in raw:
+            layer = layers.get(item.get("ssrc")) if item.get("type") == "outbound-rtp" else None
+            if layer is not None:
+                item["sora-simulcast"] = dict(layer, active_layers=active[layer["mline"]])
+                seen.add(layer["ssrc"])
+        for ssrc, layer in layers.items():
+            if ssrc not in seen:
+                raw.append({"gst-name": "outbound-rtp", "type": "outbound-rtp",
+                            "id": "rtp-outbound-stream-stats_%d" % ssrc, "ssrc": ssrc, "kind": "video",
+                            "bytes-sent": 0, "packets-sent": 0,
+                            "sora-simulcast": dict(layer, active_layers=active[layer["mline"]])})
 
     def close(self) -> None:
         """Stop media and release the peer (idempotent)."""

@@ -41,7 +41,7 @@ extern "C" {
 
 /* ABI version: major changes break callers, minor changes only add. */
 #define SORA_C_ABI_MAJOR 1
-#define SORA_C_ABI_MINOR 1
+#define SORA_C_ABI_MINOR 2
 
 /* ---- error codes ------------------------------------------------------ */
 #define SORA_OK 0
@@ -235,6 +235,8 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
 SORA_C_API int64_t sora_sink_dropped(sora_sink *sink);
 /* Stop and release a sink; on_destroy follows on the context's dispatcher thread. */
 SORA_C_API int sora_sink_destroy(sora_sink *sink);
+/* Ask the remote sender of track `track_id` (from SORA_EVENT_TRACK) for a key frame (RTCP PLI). */
+SORA_C_API int sora_peer_request_remote_key_frame(sora_peer *peer, int64_t track_id);
 /* Re-send the RTP of `src`'s remote track on `dst`'s transceiver at `mline` with `payload_type`, unchanged otherwise. */
 SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *dst, int32_t mline,
                                    int32_t payload_type, sora_forward **out);
@@ -263,6 +265,27 @@ SORA_C_API int sora_audio_source_push(sora_audio_source *source, const int16_t *
                                       int64_t timestamp_us);
 /* Release an audio source. */
 SORA_C_API int sora_audio_source_destroy(sora_audio_source *source);
+
+/* ---- simulcast ----------------------------------------------------------
+ * One entry of the offer's "encodings" (one layer); zero-initialise, then set
+ * what you need. The extmap ids are the remote offer's; they must be the same
+ * in every entry (the first entry's are used).                              */
+typedef struct sora_simulcast_encoding {
+  const char *rid;         /* RTP stream id of the layer, e.g. "r0" (letters, digits, '-', '_') */
+  int32_t active;          /* 0: announced paused ("~rid" in a=simulcast) and not encoded */
+  double scale_down_by;    /* scaleResolutionDownBy (>= 1); 0 = from the position: 4, 2, 1 for three layers */
+  int32_t max_width;       /* scaleResolutionDownTo.maxWidth (replaces scale_down_by); 0 = none */
+  int32_t max_height;      /* scaleResolutionDownTo.maxHeight (replaces scale_down_by); 0 = none */
+  int32_t max_bitrate_bps; /* maxBitrate; 0 = a share of params->bitrate_kbps by layer area */
+  double max_framerate;    /* maxFramerate; 0 = no limit */
+  uint32_t ssrc;           /* the layer's SSRC; 0 = random */
+  int32_t mid_extmap_id;   /* offer's a=extmap id of urn:ietf:params:rtp-hdrext:sdes:mid; 0 = read from the offer */
+  int32_t rid_extmap_id;   /* offer's a=extmap id of ...:sdes:rtp-stream-id; 0 = read from the offer */
+} sora_simulcast_encoding;
+/* Send `source` as simulcast on `mline` (offer applied first): one encoder per active entry, rid/simulcast in the answer. */
+SORA_C_API int sora_peer_attach_video_simulcast(sora_peer *peer, sora_video_source *source, int32_t mline,
+                                                const sora_codec_params *params,
+                                                const sora_simulcast_encoding *encodings, int32_t count);
 
 #ifdef __cplusplus
 }

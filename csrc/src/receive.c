@@ -38,10 +38,27 @@ static const char *depayloader_for(const char *encoding) {
   static const struct {
     const char *encoding, *element;
   } map[] = {{"VP8", "rtpvp8depay"},   {"VP9", "rtpvp9depay"},   {"H264", "rtph264depay"},
-             {"H265", "rtph265depay"}, {"OPUS", "rtpopusdepay"}, {"AV1", "rtpav1depay"}};
+             {"H265", "rtph265depay"}, {"OPUS", "rtpopusdepay"}, {"AV1", "sorartpav1depay"}};
   for (guint i = 0; encoding && i < G_N_ELEMENTS(map); i++)
     if (g_ascii_strcasecmp(encoding, map[i].encoding) == 0) return map[i].element;
   return NULL;
+}
+
+SORA_C_API int sora_peer_request_remote_key_frame(sora_peer *peer, int64_t track_id) {
+  int rc = sora_peer_enter(peer);
+  if (rc) return rc;
+  GstElement *tee = NULL;
+  GstCaps *caps = NULL;
+  char *kind = NULL;
+  rc = sora_peer_find_track(peer, track_id, &tee, &caps, &kind);
+  if (rc == SORA_OK) {
+    request_remote_key_frame(tee);
+    gst_object_unref(tee);
+    if (caps) gst_caps_unref(caps);
+    g_free(kind);
+  }
+  sora_peer_leave(peer);
+  return rc;
 }
 
 /* ---- sinks ------------------------------------------------------------------ */

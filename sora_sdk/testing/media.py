@@ -9,19 +9,27 @@ type and SSRC kept, key-frame requests passed back to the sender).
 
 Negotiation, as real Sora does it:
 
+* a sender's track gets slots once its SSRC is known: from the client's
+  answer (libwebrtc and our SDK announce it), else once its media reached the
+  server (the "track" event; the SSRC then comes from the server peer's stats);
+  forwarding starts when the slot is negotiated and the media is there;
 * a receiver that joins after senders gets their slots in its **initial offer**
   (`offer_slots` + `decorate_offer` while the session builds the offer);
-* a sender that joins later, or one that leaves, changes the slots of the
-  receivers already there: their server peers add transceivers (or set the
+* a sender that joins (or whose tracks arrive) later, or one that leaves, changes the slots of
+  the receivers already there: their server peers add transceivers (or set the
   leaving sender's to ``inactive``), create a new offer and send
   ``{"type":"re-offer","sdp":...}`` (on the ``signaling`` DataChannel once the
   connection switched, else on the WebSocket); the client's ``re-answer`` is
-  applied and the forwards start.
+  applied and the forwards start. One re-offer is out per receiver at a time;
+  changes meanwhile go in the next one.
 
-Slot m-lines carry ``a=msid:<sender connection_id> <sender track id>`` (and the
-sender's SSRC), written into the SDP text sent to the client: webrtcbin offers
-no msid for a transceiver without a linked pad, and the client reads the msid
-stream id as `SoraMediaTrack.stream_id`.
+Slot m-lines carry ``a=msid:<sender connection_id> <track id>`` and
+``a=ssrc:<sender's SSRC> ...``, written into the SDP text sent to the client:
+webrtcbin offers no msid for a transceiver without a linked pad, the client
+reads the msid stream id as `SoraMediaTrack.stream_id`, and the SSRC lets the
+client's webrtcbin tie each forwarded stream to its m-line (several m-lines
+share a payload type once a channel has several senders; without the SSRC the
+streams land on m-lines in arrival order).
 
 All negotiation and forward work of one channel runs on one worker thread (the
 `_Serial` executor), so slots, peers and forwards are changed in one order.
@@ -232,15 +240,11 @@ class Sender:
         self.labels: Dict[str, str] = {}          # kind -> track id announced to receivers (a=msid)
         self.joined = False
 
-    def codec(self, kind: str) -> Optional[str]:
-        for k, codec in sent_kinds(self.session):
-            if k == kind:
-                return codec
-        return None
-
     def ready_kinds(self) -> List[Tuple[str, str]]:
-        """(kind, codec) of the tracks that arrived and can be forwarded."""
-        return [(k, c) for k, c in sent_kinds(self.session) if k in self.tracks]
+        """(kind, codec) of the tracks receivers can be offered: their SSRC is known (from the
+        client's answer) or their media already reached the server."""
+        return [(k, c) for k, c in sent_kinds(self.session)
+                if k in self.tracks or self.ssrcs.get(k) is not None]
 
     def track_label(self, kind: str) -> str:
         label = self.labels.get(kind)
@@ -291,24 +295,10 @@ class _Serial:
 
 def _request_remote_key_frame(session, track_id: int, kind: str) -> bool:
     """Send a key-frame request (RTCP PLI) to the client for one track its server peer receives."""
-    native = getattr(lib, "sora_peer_request_remote_key_frame", None)
-    if native is not None:
-        def call(peer):
-            with peer._use() as ptr:
-                return native(ptr, track_id) == 0
-        return bool(session._peer_call("remote key frame request", call, False))
-    if kind != "video":
-        return False
-    # Without a shim call for it: a decoding sink asks the sender for a key frame
-    # when it is attached; one that lives for a moment does just that.
-    from ..media.sink import EngineSink
-
-    def via_sink(peer):
-        sink = EngineSink(peer._context, peer, track_id, lib.SORA_SINK_VIDEO_I420,
-                          lambda event: lib.sora_c_release(event.ref) if event.ref else None, capacity=1)
-        sink.close()
+    def call(peer):
+        peer.request_remote_key_frame(track_id)
         return True
-    return bool(session._peer_call("remote key frame request", via_sink, False))
+    return bool(session._peer_call("remote key frame request", call, False))
 
 
 def _received_ssrcs(session) -> Dict[str, int]:
@@ -485,12 +475,12 @@ class MediaRouter:
             if ssrc is not None:
                 sender.ssrcs[kind] = ssrc
             receivers = list(self._receivers.values())
-        if replaced:
-            for receiver in receivers:
+        for receiver in receivers:
+            if replaced:
                 for slot in receiver.slots:
                     if slot.sender_id == cid and slot.kind == kind:
                         self._stop_forward(slot)
-                self._start_forwards(receiver)
+            self._start_forwards(receiver)
         self._reconcile_soon(session)
 
     def _reconcile_soon(self, session) -> None:

@@ -475,10 +475,12 @@ class Session:
             if self._ending:
                 return None
         # The server side of the client's media: it receives what a sending
-        # client sends; a receiving client gets sendonly m-lines of its own
+        # client sends; a receiving client gets inactive m-lines of its own
         # (placeholders), then one sendonly m-line per track of each sender
         # already in the channel (media.MediaRouter forwards on those).
-        direction = "recvonly" if self.role in ("sendonly", "sendrecv") else "sendonly"
+        # Never a sendonly m-line without a=msid: libwebrtc then fires OnTrack
+        # with no stream id and the official SDK (stream_ids()[0]) aborts.
+        direction = "recvonly" if self.role in ("sendonly", "sendrecv") else "inactive"
         dc_specs = self._data_channel_specs() if self.data_channel_signaling else []
         channel = server.registry.channel(self.channel_id)
         try:

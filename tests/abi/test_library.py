@@ -298,6 +298,8 @@ NULL_CALLS = [
     ("sora_forward_create(dst=NULL)", "lib.sora_forward_create(peer, 1, NULL, 0, 96, fwdpp)",
      INVALID_ARGUMENT, True),
     ("sora_forward_destroy(NULL)", "lib.sora_forward_destroy(NULL)", INVALID_ARGUMENT, True),
+    ("sora_peer_request_remote_key_frame(NULL)", "lib.sora_peer_request_remote_key_frame(NULL, 1)",
+     INVALID_ARGUMENT, True),
     # NULL out-pointers and NULL arguments next to a valid handle
     ("sora_context_create(out=NULL)", "lib.sora_context_create(ctx_router.callbacks, NULL)",
      INVALID_ARGUMENT, True),
