@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
-import threading
 import time
 
 import numpy as np
@@ -21,52 +19,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import sora_sdk  # noqa: E402
+from benchmarks import sfu_fanout  # noqa: E402
+from benchmarks.common import Client, cpu_seconds  # noqa: E402
 from sora_sdk.testing import LocalSora  # noqa: E402
 
 RESULTS = os.path.join(HERE, "RESULTS.md" if platform.python_implementation() == "CPython" else "RESULTS-pypy.md")
 SECONDS = float(os.environ.get("SORA_BENCH_SECONDS", "8"))
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class Client:
-    """One SDK connection with the callbacks a benchmark needs."""
-
-    def __init__(self, sora, server, **kwargs) -> None:
-        self.conn = sora.create_connection(signaling_urls=[server.signaling_url], **kwargs)
-        self.connection_id = None
-        self.connected = threading.Event()
-        self.messages = []
-        self.channel_open = threading.Event()
-        self.conn.on_set_offer = self._on_set_offer
-        self.conn.on_notify = self._on_notify
-        self.conn.on_data_channel = lambda label: self.channel_open.set()
-        self.conn.on_message = lambda label, data: self.messages.append((time.perf_counter(), data))
-
-    def _on_set_offer(self, text: str) -> None:
-        self.connection_id = json.loads(text)["connection_id"]
-
-    def _on_notify(self, text: str) -> None:
-        message = json.loads(text)
-        if message.get("event_type") == "connection.created" and message.get("connection_id") == self.connection_id:
-            self.connected.set()
-
-    def start(self, timeout: float = 15.0) -> float:
-        begin = time.perf_counter()
-        self.conn.connect()
-        if not self.connected.wait(timeout):
-            raise RuntimeError("not connected within %.0f s" % timeout)
-        return time.perf_counter() - begin
-
-
 def bench_connect(server, runs: int = 5) -> dict:
     samples = []
     with sora_sdk.Sora() as sora:
         for _ in range(runs):
-            client = Client(sora, server, role="recvonly", channel_id="bench-connect")
+            client = Client(sora, server.signaling_url, role="recvonly", channel_id="bench-connect")
             samples.append(client.start())
             client.conn.disconnect()
     return {"connect() to connection.created, median ms": statistics.median(samples) * 1000,
@@ -92,7 +57,7 @@ def bench_send(server, codec: str, width: int, height: int, fps: int = 30) -> di
     x = np.arange(width, dtype=np.uint16)
     with sora_sdk.Sora() as sora:
         video = sora.create_video_source()
-        client = Client(sora, server, role="sendonly", channel_id="bench-send", video_source=video,
+        client = Client(sora, server.signaling_url, role="sendonly", channel_id="bench-send", video_source=video,
                         audio=False, video_codec_type=codec, video_bit_rate=1000)
         client.start()
         frames = 0
@@ -117,9 +82,9 @@ def bench_data_channel(server, size: int, count: int) -> dict:
     """`#` messages A -> server -> B; B echoes; round trip measured at A (sequential), then one-way throughput."""
     channels = [{"label": "#bench", "direction": "sendrecv"}]
     with sora_sdk.Sora() as sora:
-        a = Client(sora, server, role="sendrecv", channel_id="bench-dc", data_channel_signaling=True,
+        a = Client(sora, server.signaling_url, role="sendrecv", channel_id="bench-dc", data_channel_signaling=True,
                    data_channels=channels, audio=False, video=False)
-        b = Client(sora, server, role="sendrecv", channel_id="bench-dc", data_channel_signaling=True,
+        b = Client(sora, server.signaling_url, role="sendrecv", channel_id="bench-dc", data_channel_signaling=True,
                    data_channels=channels, audio=False, video=False)
         a.start()
         b.start()
@@ -191,6 +156,7 @@ def main() -> int:
         sections += ["## Sending (%.0f s each, 30 fps target, 1 Mbit/s)" % SECONDS, "", table(sends), ""]
         dcs = [bench_data_channel(server, 100, 5000), bench_data_channel(server, 65536, 300)]
         sections += ["## Data channel `#` messages through the local server", "", table(dcs), ""]
+    sections += [sfu_fanout.report([1, 4], min(SECONDS, 6.0), 1000)]
     text = "\n".join(sections)
     with open(RESULTS, "w", encoding="utf-8") as f:
         f.write(text + "\n")

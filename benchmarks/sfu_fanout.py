@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import sora_sdk  # noqa: E402
+from benchmarks.common import Client, cpu_seconds  # noqa: E402
 from sora_sdk._ffi import check, ffi, lib  # noqa: E402
 from sora_sdk.context import Context  # noqa: E402
 from sora_sdk.media.sink import EngineSink, frame_view  # noqa: E402
@@ -256,47 +256,21 @@ class ServerProcess:
                 self.proc.wait(5)
 
 
-class Member:
-    def __init__(self, sora, url: str, channel_id: str, role: str, **kwargs) -> None:
-        self.conn = sora.create_connection(signaling_urls=[url], role=role, channel_id=channel_id, **kwargs)
-        self.connection_id: Optional[str] = None
-        self.connected = threading.Event()
-        self.conn.on_set_offer = self._on_set_offer
-        self.conn.on_notify = self._on_notify
-
-    def _on_set_offer(self, text: str) -> None:
-        self.connection_id = json.loads(text)["connection_id"]
-
-    def _on_notify(self, text: str) -> None:
-        message = json.loads(text)
-        if message.get("event_type") == "connection.created" and message.get("connection_id") == self.connection_id:
-            self.connected.set()
-
-    def connect(self, timeout: float = 15.0) -> None:
-        self.conn.connect()
-        if not self.connected.wait(timeout):
-            raise RuntimeError("connection did not complete")
-
-
-def client_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def fanout_run(sora, server: ServerProcess, receivers: int, seconds: float, bitrate: int) -> Dict[str, float]:
     channel = "fanout-%d" % receivers
     video = sora.create_video_source()
     audio = sora.create_audio_source(1, 48000)
-    sender = Member(sora, server.signaling_url, channel, "sendonly", video_source=video, audio_source=audio,
+    sender = Client(sora, server.signaling_url, channel_id=channel, role="sendonly", video_source=video,
+                    audio_source=audio,
                     video_codec_type="VP8", video_bit_rate=bitrate)
-    sender.connect()
+    sender.start()
     stamper = Stamper(video.on_captured, audio.on_data)
     meters: List[LatencyMeter] = []
     members: List[Member] = []
     sinks: List = []
     time.sleep(0.5)
     for _ in range(receivers):
-        member = Member(sora, server.signaling_url, channel, "recvonly", video_codec_type="VP8")
+        member = Client(sora, server.signaling_url, channel_id=channel, role="recvonly", video_codec_type="VP8")
         meter = LatencyMeter(stamper)
 
         def on_track(track, meter=meter) -> None:
@@ -307,15 +281,15 @@ def fanout_run(sora, server: ServerProcess, receivers: int, seconds: float, bitr
             sinks.append(sink)
 
         member.conn.on_track = on_track
-        member.connect()
+        member.start()
         members.append(member)
         meters.append(meter)
     time.sleep(2.0)  # forwards start, key frames, jitter buffers fill
     for meter in meters:
         meter.start()
-    server0, client0, wall0 = server.cpu_seconds(), client_cpu(), time.perf_counter()
+    server0, client0, wall0 = server.cpu_seconds(), cpu_seconds(), time.perf_counter()
     time.sleep(seconds)
-    server1, client1, wall1 = server.cpu_seconds(), client_cpu(), time.perf_counter()
+    server1, client1, wall1 = server.cpu_seconds(), cpu_seconds(), time.perf_counter()
     for meter in meters:
         meter.stop()
     stamper.stop()
@@ -334,45 +308,49 @@ def fanout_run(sora, server: ServerProcess, receivers: int, seconds: float, bitr
     }
 
 
+def report(counts: List[int], seconds: float, bitrate: int) -> str:
+    """Run the fan-out measurement and return it as a markdown section."""
+    started = time.perf_counter()
+    direct = direct_latency(seconds, bitrate)
+    server = ServerProcess()
+    sora = sora_sdk.Sora()
+    results = {}
+    try:
+        for n in [0] + [c for c in counts if c > 0]:
+            results[n] = fanout_run(sora, server, n, seconds, bitrate)
+    finally:
+        sora.close()
+        server.close()
+    base = results[0]["server_cpu"]
+    lines = [
+        "## SFU fan-out: one 640x480@30 VP8 %d kbps + Opus sender, N recvonly receivers" % bitrate, "",
+        "%s %s, %d CPUs; server: `python -m sora_sdk.testing` subprocess; clients: this process. "
+        "CPU %%: 100 = one core. Latency: glass-to-glass (push -> decoded BGR), median / p95."
+        % (platform.python_implementation(), platform.python_version(), os.cpu_count() or 0), "",
+        "| receivers | server CPU % | server CPU % per receiver (video+audio) | client CPU % "
+        "| min receive fps | latency ms | added by the SFU hop (median) |",
+        "|---|---|---|---|---|---|---|",
+        "| direct (no server) | - | - | - | %.1f | %.1f / %.1f | - |" % (direct["fps"], direct["median"], direct["p95"]),
+    ]
+    for n, r in sorted(results.items()):
+        per = "-" if n == 0 else "%.1f" % ((r["server_cpu"] - base) / n)
+        latency = "-" if n == 0 else "%.1f / %.1f" % (r["median"], r["p95"])
+        added = "-" if n == 0 else "%+.1f ms" % (r["median"] - direct["median"])
+        fps = "-" if n == 0 else "%.1f" % r["fps_min"]
+        lines.append("| %d | %.1f | %s | %.1f | %s | %s | %s |" % (n, r["server_cpu"], per, r["client_cpu"], fps,
+                                                                  latency, added))
+    lines += ["", "(N = 0: the sender alone; the server only receives. Total runtime %.0f s.)"
+              % (time.perf_counter() - started), ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--receivers", default="1,4", help="comma-separated receiver counts (default 1,4)")
     parser.add_argument("--seconds", type=float, default=6.0, help="measuring window per run (default 6)")
     parser.add_argument("--bitrate", type=int, default=1000, help="VP8 bitrate in kbps (default 1000)")
     args = parser.parse_args(argv)
-    counts = [int(n) for n in args.receivers.split(",") if n.strip()]
-    started = time.perf_counter()
-
-    direct = direct_latency(args.seconds, args.bitrate)
-    server = ServerProcess()
-    sora = sora_sdk.Sora()
-    results = {}
-    try:
-        for n in [0] + [c for c in counts if c > 0]:
-            results[n] = fanout_run(sora, server, n, args.seconds, args.bitrate)
-    finally:
-        sora.close()
-        server.close()
-
-    base = results[0]["server_cpu"]
-    print("## SFU fan-out: one 640x480@30 VP8 %d kbps + Opus sender, N recvonly receivers" % args.bitrate)
-    print()
-    print("%s %s, %d CPUs; server: `python -m sora_sdk.testing` subprocess; clients: this process. "
-          "CPU %%: 100 = one core. Latency: glass-to-glass (push -> decoded BGR), median / p95."
-          % (platform.python_implementation(), platform.python_version(), os.cpu_count() or 0))
-    print()
-    print("| receivers | server CPU % | server CPU % per receiver (video+audio) | client CPU % "
-          "| min receive fps | latency ms | added by the SFU hop (median) |")
-    print("|---|---|---|---|---|---|---|")
-    print("| direct (no server) | - | - | - | %.1f | %.1f / %.1f | - |" % (direct["fps"], direct["median"], direct["p95"]))
-    for n, r in sorted(results.items()):
-        per = "-" if n == 0 else "%.1f" % ((r["server_cpu"] - base) / n)
-        latency = "-" if n == 0 else "%.1f / %.1f" % (r["median"], r["p95"])
-        added = "-" if n == 0 else "%+.1f ms" % (r["median"] - direct["median"])
-        fps = "-" if n == 0 else "%.1f" % r["fps_min"]
-        print("| %d | %.1f | %s | %.1f | %s | %s | %s |" % (n, r["server_cpu"], per, r["client_cpu"], fps, latency, added))
-    print()
-    print("(N = 0: the sender alone; the server only receives. Total runtime %.0f s.)" % (time.perf_counter() - started))
+    print(report([int(n) for n in args.receivers.split(",") if n.strip()], args.seconds, args.bitrate))
     return 0
 
 
