@@ -103,7 +103,8 @@ _ELEMENTS: Dict[
         _Type.VP9: (("vp9enc",), ("vp9dec",)),
         _Type.H264: (("x264enc",), ("avdec_h264",)),
         _Type.H265: (("x265enc",), ("avdec_h265", "libde265dec")),
-        # AV1 RTP (de)payloading is done by the SDK itself, libaom suffices.
+        # AV1 RTP (de)payloading: the shim's own sorartpav1pay/sorartpav1depay
+        # (see _RTP_ELEMENTS); GStreamer 1.22 has no AV1 RTP elements.
         _Type.AV1: (("av1enc",), ("av1dec", "dav1ddec")),
     },
     _Impl.INTEL_VPL: {
@@ -124,13 +125,16 @@ _ELEMENTS: Dict[
     },
 }
 
-# RTP (de)payloaders each codec needs; None = implemented by the SDK.
+# RTP (de)payloaders each codec needs; None = nothing beyond the codec.
+# The AV1 ones are not GStreamer plugins: the engine shim registers them when
+# it starts (csrc/src/av1rtp.c), so only the engine probe sees them
+# (``gst-inspect-1.0`` does not).
 _RTP_ELEMENTS: Dict[SoraVideoCodecType, Optional[Tuple[str, str]]] = {
     _Type.VP8: ("rtpvp8pay", "rtpvp8depay"),
     _Type.VP9: ("rtpvp9pay", "rtpvp9depay"),
     _Type.H264: ("rtph264pay", "rtph264depay"),
     _Type.H265: ("rtph265pay", "rtph265depay"),
-    _Type.AV1: None,
+    _Type.AV1: ("sorartpav1pay", "sorartpav1depay"),
 }
 
 

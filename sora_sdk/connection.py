@@ -490,7 +490,7 @@ class SoraConnection:
         self._announce_tracks(sections)
         self._channels.apply_offer(message.get("data_channels"))
         try:
-            self._attach_sources(sections)
+            self._attach_sources(sections, message)
         except SoraError as exc:
             self._fail_internal(Code.INTERNAL_ERROR, "Failed to add a local track: %s" % exc)
             return
@@ -522,10 +522,15 @@ class SoraConnection:
             self._tracks[key] = track
             self._emit("on_track", track)
 
-    def _attach_sources(self, sections) -> None:
+    def _attach_sources(self, sections, offer: Optional[dict] = None) -> None:
         opts = self._options
         if opts.role not in ("sendonly", "sendrecv"):
             return
+        offer = offer or {}
+        # Simulcast (signaling §11): the offer's encodings go to the video m-line whose mid is offer.mid.video.
+        encodings = offer.get("encodings") if offer.get("simulcast") is True else None
+        mids = offer.get("mid") if isinstance(offer.get("mid"), dict) else {}
+        simulcast_mid = mids.get("video") if isinstance(encodings, list) and encodings else None
         done = set()
         for section in sections:
             if section.kind in done or section.kind not in ("audio", "video"):
@@ -537,7 +542,11 @@ class SoraConnection:
             if not codecs:
                 continue
             codec = codecs[0]
-            if section.kind == "video":
+            if section.kind == "video" and simulcast_mid is not None and section.mid == simulcast_mid:
+                self._peer.attach_video_simulcast(source._handle, section.index, codec.name.upper(),
+                                                  codec.payload_type, encodings, opts.video_bit_rate or 1000,
+                                                  codec.fmtp, section.extmaps)
+            elif section.kind == "video":
                 self._peer.attach_video_source(source._handle, section.index, codec.name.upper(),
                                                codec.payload_type, opts.video_bit_rate or 1000, codec.fmtp)
             else:

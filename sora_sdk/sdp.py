@@ -34,6 +34,7 @@ class MediaSection:
         self.codecs: Dict[int, Codec] = {}
         self.msid: Optional[str] = None
         self.rids: List[str] = []
+        self.extmaps: Dict[str, int] = {}  # header-extension URI -> a=extmap id
         self.ssrcs: List[int] = []
         self.fid: Dict[int, int] = {}  # RTX SSRC -> the SSRC it repairs
 
@@ -80,6 +81,11 @@ def parse(sdp: str) -> List[MediaSection]:
                 current.msid = value
             elif name == "rid":
                 current.rids.append(value.split()[0])
+            elif name == "extmap":
+                parts = value.split()
+                ext_id = parts[0].split("/")[0] if parts else ""
+                if len(parts) >= 2 and ext_id.isdigit():
+                    current.extmaps.setdefault(parts[1], int(ext_id))
             elif name == "ssrc":
                 head = value.split(" ", 1)[0]
                 if head.isdigit() and int(head) not in current.ssrcs:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 ENCODER_IMPLEMENTATIONS = {
     "VP8": "libvpx", "VP9": "libvpx", "AV1": "libaom", "H264": "x264", "H265": "x265", "OPUS": "libopus",
@@ -59,7 +59,11 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
     SSRC's kind and codec when the engine's codec entries do not, and folds RTX
     streams into the stream they repair (retransmitted*), as libwebrtc reports them.
     """
-    ssrcs = ssrcs or {}
+    ssrcs = dict(ssrcs or {})
+    for item in raw:  # simulcast layers (tagged by Peer.get_stats): no a=ssrc lines name them
+        layer = item.get("sora-simulcast")
+        if item.get("type") == "outbound-rtp" and isinstance(layer, dict) and item.get("ssrc") not in ssrcs:
+            ssrcs[item.get("ssrc")] = {"kind": "video", "mid": None, "codec": layer.get("codec"), "rtx_of": None}
     ts = int(time.time() * 1e6) if now_us is None else now_us
     by_ssrc: Dict[int, dict] = {}
     for item in raw:
@@ -131,6 +135,17 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
                     entry["encoderImplementation"] = ENCODER_IMPLEMENTATIONS[name]
                 entry["mediaSourceId"] = "media-source-" + entry["kind"]
                 entry.update(outbound_extra.get(entry["kind"], {}))
+                if isinstance(item.get("sora-simulcast"), dict):
+                    layer = item["sora-simulcast"]
+                    _simulcast_fields(entry, layer)
+                    if "codecId" not in entry:  # the engine's send codec entry names no SSRC for simulcast
+                        codec = next((c for c in raw if c.get("type") == "codec"
+                                      and c.get("codec-type", "encode") == "encode"
+                                      and c.get("mime-type", "").upper() == "VIDEO/" + (layer.get("codec") or "")),
+                                     None)
+                        if codec is not None:
+                            codecs_out[codec["id"]] = codec
+                            entry["codecId"] = codec["id"]
                 rtx = repairs.get(item.get("ssrc"))
                 if rtx is not None:
                     entry["retransmittedPacketsSent"] = rtx.get("packets-sent", 0)
@@ -218,6 +233,38 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
         entry.update(source)
         out.append(entry)
     return out
+
+
+def simulcast_layer_size(width: int, height: int, layer: dict) -> Tuple[int, int]:
+    """The frame size the engine encodes a `width`x`height` source at for one planned layer."""
+    scale = max(layer.get("scale") or 1.0, 1.0)
+    max_width, max_height = layer.get("max_width") or 0, layer.get("max_height") or 0
+    if max_width > 0 or max_height > 0:
+        scale = 1.0
+        if max_width > 0 and width / max_width > scale:
+            scale = width / max_width
+        if max_height > 0 and height / max_height > scale:
+            scale = height / max_height
+    return max(int(width / scale), 1), max(int(height / scale), 1)
+
+
+def _simulcast_fields(entry: dict, layer: dict) -> None:
+    """Per-rid outbound-rtp fields of one simulcast layer, as libwebrtc reports them."""
+    entry["rid"] = layer["rid"]
+    entry["active"] = bool(layer["active"])
+    impl = ENCODER_IMPLEMENTATIONS.get(layer.get("codec") or "", "unknown")
+    entry["encoderImplementation"] = "SimulcastEncoderAdapter (%s)" % ", ".join(
+        [impl] * max(int(layer.get("active_layers") or 0), 1))
+    if layer.get("scalability_mode"):
+        entry["scalabilityMode"] = layer["scalability_mode"]
+    width, height = entry.get("frameWidth"), entry.get("frameHeight")
+    if not layer["active"]:
+        for name in ("frameWidth", "frameHeight", "targetBitrate", "framesPerSecond"):
+            entry.pop(name, None)
+        return
+    entry["targetBitrate"] = layer["bitrate"]
+    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+        entry["frameWidth"], entry["frameHeight"] = simulcast_layer_size(width, height, layer)
 
 
 def _add_transport_state(entry: dict, dtls: dict) -> None:

@@ -18,6 +18,10 @@ int sora_fail(int code, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 void sora_clear_error(void);
 void sora_engine_init(void);
 
+/* ---- AV1 RTP elements (av1rtp.c) ---- */
+/* Registers sorartpav1pay / sorartpav1depay (once; called by the engine start). */
+void sora_register_av1_elements(void);
+
 /* ---- dispatcher (context.c) ---- */
 typedef struct sora_handle_base sora_handle_base;
 typedef void (*sora_free_fn)(sora_handle_base *handle);
@@ -85,6 +89,9 @@ void sora_peer_leave(sora_peer *peer);
 int sora_peer_find_track(sora_peer *peer, gint64 id, GstElement **tee, GstCaps **caps, char **kind);
 void sora_peer_add_child(sora_peer *peer, sora_child *child);
 gboolean sora_peer_remove_child(sora_peer *peer, sora_child *child);
+/* Register a send path built outside peer.c: the peer frees `link` when it closes and sends key-frame
+ * requests to `encoder` (an owned reference, released at close); either may be NULL. */
+void sora_peer_add_send(sora_peer *peer, sora_link *link, GstElement *encoder);
 
 /* ---- stats (stats.c) ---- */
 char *sora_structure_to_json(const GstStructure *s);

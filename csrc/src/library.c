@@ -28,6 +28,7 @@ static gpointer engine_init_once(gpointer unused) {
     g_clear_error(&err);
     return GINT_TO_POINTER(0);
   }
+  sora_register_av1_elements();
   return GINT_TO_POINTER(1);
 }
 

@@ -80,6 +80,14 @@ void sora_peer_add_child(sora_peer *peer, sora_child *child) {
   g_mutex_unlock(&peer->lock);
 }
 
+void sora_peer_add_send(sora_peer *peer, sora_link *link, GstElement *encoder) {
+  if (encoder) peer->encoders = g_list_prepend(peer->encoders, encoder);
+  if (!link) return;
+  g_mutex_lock(&peer->base.ctx->media_lock);
+  peer->links = g_list_prepend(peer->links, link);
+  g_mutex_unlock(&peer->base.ctx->media_lock);
+}
+
 gboolean sora_peer_remove_child(sora_peer *peer, sora_child *child) {
   g_mutex_lock(&peer->lock);
   gboolean found = g_list_find(peer->children, child) != NULL;
@@ -770,7 +778,7 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   GString *missing = g_string_new(NULL);
   guint kbps = p->bitrate_kbps > 0 ? (guint)p->bitrate_kbps : 1000;
   GstElement *src = make("appsrc", missing), *queue = make("queue", missing), *conv = make("videoconvert", missing);
-  GstElement *enc = NULL, *pay = NULL, *filter = NULL;
+  GstElement *enc = NULL, *pay = NULL, *filter = NULL, *rawfilter = NULL;
   const char *codec = p->codec;
   char *encoding = g_ascii_strup(codec, -1);
   if (strcmp(encoding, "VP8") == 0 || strcmp(encoding, "VP9") == 0) {
@@ -808,6 +816,24 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
       g_object_set(enc, "bitrate", kbps, "key-int-max", 3000, NULL);
     }
     if (pay) g_object_set(pay, "config-interval", -1, NULL);
+  } else if (strcmp(encoding, "AV1") == 0) {
+    /* libaom realtime, one thread; 4:2:0 (profile 0) input. Explicit quantizer bounds: libaom 3.6 aborts
+     * (rc_pick_q_and_bounds_no_stats_cbr assertion) with CBR and the element's default range. */
+    rawfilter = make("capsfilter", missing);
+    enc = make("av1enc", missing);
+    pay = make("sorartpav1pay", missing);
+    if (rawfilter) {
+      GstCaps *fc = gst_caps_from_string("video/x-raw,format=I420");
+      g_object_set(rawfilter, "caps", fc, NULL);
+      gst_caps_unref(fc);
+    }
+    if (enc) {
+      gst_util_set_object_arg(G_OBJECT(enc), "usage-profile", "realtime");
+      gst_util_set_object_arg(G_OBJECT(enc), "end-usage", "cbr");
+      g_object_set(enc, "cpu-used", 8, "threads", 1, "row-mt", FALSE, "lag-in-frames", 0, "target-bitrate", kbps,
+                   "min-quantizer", 10, "max-quantizer", 56, "keyframe-max-dist", 3000, "buf-sz", 1000,
+                   "buf-initial-sz", 500, "buf-optimal-sz", 600, NULL);
+    }
   } else {
     g_free(encoding);
     g_string_free(missing, TRUE);
@@ -818,7 +844,7 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   }
   if (missing->len) {
     rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for %s: %s", codec, missing->str);
-    GstElement *all[] = {src, queue, conv, enc, filter, pay};
+    GstElement *all[] = {src, queue, conv, rawfilter, enc, filter, pay};
     for (guint i = 0; i < G_N_ELEMENTS(all); i++)
       if (all[i]) gst_object_unref(all[i]);
     g_free(encoding);
@@ -843,6 +869,7 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   chain[n++] = src;
   chain[n++] = queue;
   chain[n++] = conv;
+  if (rawfilter) chain[n++] = rawfilter;
   chain[n++] = enc;
   if (filter) chain[n++] = filter;
   chain[n++] = pay;
