@@ -22,6 +22,10 @@
  * An OBU element is the OBU with obu_has_size_field = 0 (the element length gives the size).
  * Temporal delimiters, tile lists and padding are not sent. The receiver rebuilds a low-overhead
  * bitstream: a temporal delimiter, then each OBU with obu_has_size_field = 1 and a leb128 obu_size.
+ * After a loss it drops everything up to the start of the next coded video sequence (N = 1, or a
+ * sequence header) and asks upstream for a key frame (GstForceKeyUnit, which RTCP turns into PLI).
+ *
+ * The payloader also works around 1.22's av1enc ignoring key-frame requests (see av1enc_key_requests).
  */
 #include <string.h>
 
@@ -354,7 +358,8 @@ static void pay_sink_linked(GstPad *pad, GstPad *peer, gpointer unused) {
   (void)unused;
   GstObject *enc = gst_pad_get_parent(peer);
   if (!enc) return;
-  if (g_strcmp0(G_OBJECT_TYPE_NAME(enc), "GstAV1Enc") == 0 && !g_object_get_data(G_OBJECT(enc), "sora-av1-key-requests")) {
+  if (g_strcmp0(G_OBJECT_TYPE_NAME(enc), "GstAV1Enc") == 0 &&
+      !g_object_get_data(G_OBJECT(enc), "sora-av1-key-requests")) {
     av1enc_key_requests *kr = g_new0(av1enc_key_requests, 1);
     g_object_set_data_full(G_OBJECT(enc), "sora-av1-key-requests", kr, g_free);
     GstPad *sinkpad = gst_element_get_static_pad(GST_ELEMENT(enc), "sink");
@@ -695,9 +700,10 @@ void sora_register_av1_elements(void) {
 }
 
 /* ---- test hooks ------------------------------------------------------------------ *
- * Not part of the public ABI (not in sora_c.h): tests/test_av1.py calls them through ctypes to check the
- * packetization on real encoder output. Each returns 0 or a negative sora error code (message in
- * sora_c_last_error()), and on success a g_malloc'd blob (free with sora_c_free) of records:
+ * Not part of the public ABI (not in sora_c.h, and outside the sora_ prefix that the ABI tests reserve for
+ * it): tests/test_av1.py calls them through ctypes to check the packetization on real encoder output. Each
+ * returns 0 or a negative sora error code (message in sora_c_last_error()), and on success a g_malloc'd blob
+ * (free with sora_c_free) of records:
  *   u8 kind, u32 little-endian length, bytes
  * kind 'E': a temporal unit from av1enc, 'R': an RTP packet from sorartpav1pay (before any drop),
  * 'X': the index of a dropped RTP packet (u32), 'D': a temporal unit from sorartpav1depay,
@@ -878,24 +884,25 @@ static int hook_finish(int rc, hook_state *st, GstElement *pipeline, unsigned ch
   return rc;
 }
 
-SORA_AV1_TEST_HOOK int sora_av1rtp_test_roundtrip(const char *pattern, int width, int height, int frames, int kbps,
-                                                   int mtu, int keyframe_max_dist, const int *drop, int ndrop, int decode,
-                                                   unsigned char **out, size_t *out_len);
-SORA_AV1_TEST_HOOK int sora_av1rtp_test_depayload(const unsigned char *packets, size_t packets_len, int decode,
-                                                   unsigned char **out, size_t *out_len);
+SORA_AV1_TEST_HOOK int soratest_av1rtp_roundtrip(const char *pattern, int width, int height, int frames, int kbps,
+                                                 int mtu, int keyframe_max_dist, const int *drop, int ndrop, int decode,
+                                                 unsigned char **out, size_t *out_len);
+SORA_AV1_TEST_HOOK int soratest_av1rtp_depayload(const unsigned char *packets, size_t packets_len, int decode,
+                                                 unsigned char **out, size_t *out_len);
 
 /* videotestsrc (`pattern`, moving) -> av1enc -> sorartpav1pay (drops the RTP packets listed in `drop`)
  * -> sorartpav1depay [-> av1dec]. One streaming thread, so the records are in pipeline order. */
-SORA_AV1_TEST_HOOK int sora_av1rtp_test_roundtrip(const char *pattern, int width, int height, int frames, int kbps,
-                                                   int mtu, int keyframe_max_dist, const int *drop, int ndrop, int decode,
-                                                   unsigned char **out, size_t *out_len) {
+SORA_AV1_TEST_HOOK int soratest_av1rtp_roundtrip(const char *pattern, int width, int height, int frames, int kbps,
+                                                 int mtu, int keyframe_max_dist, const int *drop, int ndrop, int decode,
+                                                 unsigned char **out, size_t *out_len) {
   sora_clear_error();
   if (!pattern || !out || !out_len || width < 16 || height < 16 || frames < 1 || kbps < 1 || mtu < 64 || ndrop < 0)
     return sora_fail(SORA_ERR_INVALID_ARGUMENT, "bad test parameters");
   sora_engine_init();
   sora_register_av1_elements();
   gchar *desc = g_strdup_printf(
-      "videotestsrc num-buffers=%d pattern=%s horizontal-speed=4 ! video/x-raw,format=I420,width=%d,height=%d,framerate=15/1 ! "
+      "videotestsrc num-buffers=%d pattern=%s horizontal-speed=4 ! "
+      "video/x-raw,format=I420,width=%d,height=%d,framerate=15/1 ! "
       "av1enc name=enc usage-profile=realtime cpu-used=8 threads=1 end-usage=cbr target-bitrate=%d "
       "min-quantizer=10 max-quantizer=56 keyframe-max-dist=%d lag-in-frames=0 ! "
       "sorartpav1pay name=pay mtu=%d pt=45 ! sorartpav1depay name=depay ! %s",
@@ -923,8 +930,8 @@ SORA_AV1_TEST_HOOK int sora_av1rtp_test_roundtrip(const char *pattern, int width
 }
 
 /* appsrc (RTP packets given as records: u32 little-endian length, bytes) -> sorartpav1depay [-> av1dec]. */
-SORA_AV1_TEST_HOOK int sora_av1rtp_test_depayload(const unsigned char *packets, size_t packets_len, int decode,
-                                                   unsigned char **out, size_t *out_len) {
+SORA_AV1_TEST_HOOK int soratest_av1rtp_depayload(const unsigned char *packets, size_t packets_len, int decode,
+                                                 unsigned char **out, size_t *out_len) {
   sora_clear_error();
   if (!out || !out_len || (!packets && packets_len)) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "bad test parameters");
   sora_engine_init();
