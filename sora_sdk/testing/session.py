@@ -806,6 +806,13 @@ class Session:
                     while self._dc_open and time.monotonic() < deadline \
                             and peer.connection_state not in ("failed", "closed"):
                         self._dc_cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+                # A close event means the client's own stream reset arrived; the SCTP
+                # stack answers it right after. Let that answer leave before the
+                # transport goes away: a libwebrtc client whose reset is never
+                # answered waits out its disconnect_wait_timeout and reports
+                # CLOSE_FAILED "Failed to close DataChannel: ec=Connection timed out".
+                if peer.connection_state not in ("failed", "closed"):
+                    time.sleep(0.2)
             with self._peer_lock:
                 try:
                     peer.close()
