@@ -517,6 +517,8 @@ class SoraConnection:
             key = section.mid or str(section.index)
             if key in self._tracks or section.msid is None:
                 continue
+            if section.stream_id == self._connection_id:
+                continue  # the server's placeholder for this connection's own media, not a remote track
             track = SoraMediaTrack(section.kind, section.track_id or random_track_id(), section.stream_id or "",
                                    key, _internal=True)
             self._tracks[key] = track

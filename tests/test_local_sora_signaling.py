@@ -308,7 +308,11 @@ def test_codecs_roles_and_ids(sora, clients):
                            video={"codec_type": "H264"}, audio=False)
     assert offer["client_id"] == "cid" and offer["bundle_id"] == "bid"
     assert offer["audio"] is False and sdp_kinds(offer["sdp"]) == ["video"]
-    assert "H264/90000" in offer["sdp"] and "a=sendonly" in offer["sdp"]
+    assert "H264/90000" in offer["sdp"]
+    # A recvonly client's own placeholder m-line is sendonly with the client's own
+    # connection id as msid stream (without a=msid the official SDK aborts).
+    assert "a=sendonly" in offer["sdp"]
+    assert "a=msid:%s " % offer["connection_id"] in offer["sdp"]
     assert list(offer["mid"]) == ["video"]
 
     default = clients(sora.signaling_url)

@@ -149,6 +149,53 @@ def section_direction(section: List[str]) -> Optional[str]:
     return None
 
 
+def own_media_mids(sdp: str, count: int) -> Tuple[str, ...]:
+    """The a=mid of the first `count` audio/video m-lines of `sdp` (a connection's own m-lines)."""
+    mids: List[str] = []
+    _, sections = split_sections(sdp)
+    for section in sections:
+        if len(mids) >= count:
+            break
+        if section_kind(section) in ("audio", "video"):
+            mid = section_attr(section, "mid")
+            if mid is not None:
+                mids.append(mid)
+    return tuple(mids)
+
+
+def mark_own_placeholders(sdp: str, mids, connection_id: str) -> str:
+    """`sdp` with `a=msid:<connection_id> <mid>` added to the m-sections whose a=mid is in `mids`.
+
+    A recvonly connection's own placeholder m-lines stay sendonly (webrtcbin, on
+    either side, only passes DTLS on a BUNDLE transport whose m-lines carry media
+    one way or the other). Without a=msid, libwebrtc fires OnTrack with no stream
+    id and the official SDK aborts; with the connection's own id as stream id,
+    clients recognise (and skip) their own placeholders, as Sora's JS SDK does.
+    """
+    if not mids:
+        return sdp
+    head, sections = split_sections(sdp)
+    changed = False
+    for section in sections:
+        mid = section_attr(section, "mid")
+        if mid not in mids or section_attr(section, "msid") is not None:
+            continue
+        at = next((i for i, line in enumerate(section) if line.startswith("a=mid:")), len(section) - 1)
+        section.insert(at + 1, "a=msid:%s %s" % (connection_id, mid))
+        changed = True
+    return join_sections(head, sections) if changed else sdp
+
+
+def placeholder_offer(session, sdp: str) -> str:
+    """The offer text for the client: its own placeholder m-lines carry its own connection id as msid."""
+    return mark_own_placeholders(sdp, getattr(session, "placeholder_mids", ()), session.connection_id)
+
+
+def placeholder_answer(session, sdp: str) -> str:
+    """The client's answer as applied to its server peer (placeholders need no change)."""
+    return sdp
+
+
 def sender_track_info(answer_sdp: Optional[str]) -> Dict[str, Tuple[Optional[str], Optional[int]]]:
     """kind -> (track id, primary SSRC) of what a sending client announced in its answer."""
     info: Dict[str, Tuple[Optional[str], Optional[int]]] = {}
@@ -507,6 +554,7 @@ class MediaRouter:
     def _apply_re_answer(self, session, sdp: str) -> None:
         with self._lock:
             receiver = self._receivers.get(session.connection_id)
+        sdp = placeholder_answer(session, sdp)
         ok = session._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", sdp) or True,
                                 False)
         if receiver is None:
@@ -591,7 +639,7 @@ class MediaRouter:
         if not sdp:
             log.warning("local Sora: cannot create a re-offer for %s", session.connection_id)
             return
-        sdp = self._decorate(receiver, sdp)
+        sdp = placeholder_offer(session, self._decorate(receiver, sdp))
         receiver.negotiating = True
         receiver.generation += 1
         receiver.re_offers += 1

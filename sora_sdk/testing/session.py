@@ -19,13 +19,14 @@ import struct
 import threading
 import time
 import zlib
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import websocket
 from ..peer import Peer
 from .auth import AuthError, authenticate
 from .channel import new_id, timestamp
 from .media import AUDIO_CAPS, VIDEO_CAPS  # noqa: F401  (re-exported)
+from .media import own_media_mids, placeholder_answer, placeholder_offer
 
 log = logging.getLogger("sora_sdk.testing")
 
@@ -111,6 +112,9 @@ class Session:
         self.answer_sdp: Optional[str] = None  # the client's answer (its msid / SSRC lines)
         self.compress: Dict[str, bool] = {}  # every server DataChannel label -> compress
         self.mids: Dict[str, str] = {}
+        # a=mid of a recvonly connection's own placeholder m-lines: sendonly on
+        # the server peer, inactive in the offer text (see media.rewrite_direction).
+        self.placeholder_mids: Tuple[str, ...] = ()
         self.state = "connecting"
         self.created_timestamp = timestamp()
         self.last_pong: Optional[float] = None
@@ -475,12 +479,15 @@ class Session:
             if self._ending:
                 return None
         # The server side of the client's media: it receives what a sending
-        # client sends; a receiving client gets inactive m-lines of its own
+        # client sends; a receiving client gets m-lines of its own
         # (placeholders), then one sendonly m-line per track of each sender
         # already in the channel (media.MediaRouter forwards on those).
-        # Never a sendonly m-line without a=msid: libwebrtc then fires OnTrack
-        # with no stream id and the official SDK (stream_ids()[0]) aborts.
-        direction = "recvonly" if self.role in ("sendonly", "sendrecv") else "inactive"
+        # The placeholders are sendonly on the server peer (with every media
+        # m-line inactive, webrtcbin never completes DTLS) but inactive in the
+        # offer text: never a sendonly m-line without a=msid, libwebrtc then
+        # fires OnTrack with no stream id and the official SDK
+        # (stream_ids()[0]) aborts. The answer is applied with them recvonly.
+        direction = "recvonly" if self.role in ("sendonly", "sendrecv") else "sendonly"
         dc_specs = self._data_channel_specs() if self.data_channel_signaling else []
         channel = server.registry.channel(self.channel_id)
         try:
@@ -506,8 +513,11 @@ class Session:
                 log.warning("session %s: ICE gathering did not complete in %.1f s",
                             self.connection_id, server.ice_gathering_timeout)
             sdp = peer.local_description()
+            if direction == "sendonly":
+                self.placeholder_mids = own_media_mids(sdp, own)
             if channel is not None:
                 sdp = channel.media.decorate_offer(self, sdp)
+            sdp = placeholder_offer(self, sdp)
         except Exception as exc:
             log.error("session %s: cannot build the offer: %s", self.connection_id, exc)
             self.terminate(CLOSE_INTERNAL, "INTERNAL-ERROR")
@@ -548,7 +558,7 @@ class Session:
             self.terminate(CLOSE_BAD_MESSAGE, "INVALID-ANSWER")
             return
         try:
-            peer.set_remote_description("answer", sdp)
+            peer.set_remote_description("answer", placeholder_answer(self, sdp))
         except Exception as exc:
             log.warning("session %s: answer rejected: %s", self.connection_id, exc)
             self.terminate(CLOSE_BAD_MESSAGE, "INVALID-ANSWER")
@@ -597,7 +607,8 @@ class Session:
             # In order with the channel's other media work (see media.MediaRouter).
             channel.media.re_answer(self, sdp)
         else:
-            self._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", sdp))
+            applied = placeholder_answer(self, sdp)
+            self._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", applied))
 
     def _on_pong(self, message: Dict[str, Any]) -> None:
         self.last_pong = time.monotonic()
