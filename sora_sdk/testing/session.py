@@ -112,8 +112,8 @@ class Session:
         self.answer_sdp: Optional[str] = None  # the client's answer (its msid / SSRC lines)
         self.compress: Dict[str, bool] = {}  # every server DataChannel label -> compress
         self.mids: Dict[str, str] = {}
-        # a=mid of a recvonly connection's own placeholder m-lines: sendonly on
-        # the server peer, inactive in the offer text (see media.rewrite_direction).
+        # a=mid of a recvonly connection's own placeholder m-lines: sendonly, with
+        # the connection's own id as msid in the offer text (see media.mark_own_placeholders).
         self.placeholder_mids: Tuple[str, ...] = ()
         self.state = "connecting"
         self.created_timestamp = timestamp()
