@@ -24,7 +24,6 @@ latency the SFU hop adds. Output: a markdown table on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
@@ -266,7 +265,7 @@ def fanout_run(sora, server: ServerProcess, receivers: int, seconds: float, bitr
     sender.start()
     stamper = Stamper(video.on_captured, audio.on_data)
     meters: List[LatencyMeter] = []
-    members: List[Member] = []
+    members: List[Client] = []
     sinks: List = []
     time.sleep(0.5)
     for _ in range(receivers):

@@ -135,11 +135,9 @@ class SoraConnection:
         self._state_lock = threading.Lock()
         self._done = threading.Event()
         self._ws = None
-        self._ws_url: Optional[str] = None
         self._peer: Optional[Peer] = None
         self._channels = DataChannels()
         self._dc_active = False
-        self._ws_self_closed = False
         self._closing_mode: Optional[str] = None
         self._timers: List[threading.Timer] = []
         self._tracks: Dict[str, SoraMediaTrack] = {}
@@ -335,7 +333,8 @@ class SoraConnection:
             return
         except Exception as exc:  # unexpected: still end the connection cleanly
             log.exception("WebSocket open failed")
-            self._post(lambda: self._finish(Code.INTERNAL_ERROR, "WebSocket open failed: %s" % exc))
+            failure = "WebSocket open failed: %s" % exc  # `exc` is unbound once the handler ends
+            self._post(lambda: self._finish(Code.INTERNAL_ERROR, failure))
             return
         self._post(lambda: self._on_ws_open(ws, url, redirect))
 
@@ -380,7 +379,6 @@ class SoraConnection:
             self._close_ws_async(ws)
             return
         self._ws = ws
-        self._ws_url = url
         threading.Thread(target=self._reader_thread, args=(ws,), name="sora-ws-read", daemon=True).start()
         text = self._options.connect_message(sora_client=self._identity["sora_client"],
                                              libwebrtc=self._identity["libwebrtc"],
@@ -593,7 +591,6 @@ class SoraConnection:
         self._emit("on_switched", text)
         if message.get("ignore_disconnect_websocket") is True and self._ws is not None:
             ws, self._ws = self._ws, None
-            self._ws_self_closed = True
             self._close_ws_async(ws, abort=True)
             self._emit("on_ws_close", 1000, "SELF-CLOSED")
 

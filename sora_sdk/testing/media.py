@@ -44,7 +44,6 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .._ffi import lib
 from ..peer import Forward
 
 log = logging.getLogger("sora_sdk.testing")

@@ -12,7 +12,6 @@ import heapq
 import http.client
 import logging
 import socket
-import select
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
