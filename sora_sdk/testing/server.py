@@ -12,9 +12,10 @@ import heapq
 import http.client
 import logging
 import socket
+import ssl
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .. import websocket
 from ..context import Context
@@ -112,6 +113,11 @@ class LocalSora:
     * ``connect_timeout``: seconds a new WebSocket may take to send ``connect``.
     * ``ice_address``: gather server ICE candidates on this address instead of 127.0.0.1
       (e.g. a veth address in a test network namespace).
+    * ``tls``: serve ``wss://`` / ``https://`` with a certificate made at start by the
+      ``openssl`` tool (a throw-away test CA, see ``ca_cert``; the server certificate
+      names ``tls_hostnames``, by default 127.0.0.1, localhost and ``host``).
+    * ``require_client_cert`` (with ``tls``): clients must present a certificate
+      signed by the test CA; one is made for them (``client_cert`` / ``client_key``).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, secret=None,
@@ -120,7 +126,9 @@ class LocalSora:
                  ping_interval: Optional[float] = None, ping_stats: bool = False,
                  video_codec_type: str = "VP9", compress_labels=(),
                  ice_gathering_timeout: float = 5.0, connect_timeout: float = 10.0,
-                 ice_address: Optional[str] = None, start: bool = True) -> None:
+                 ice_address: Optional[str] = None, tls: bool = False,
+                 require_client_cert: bool = False, tls_hostnames: Optional[Sequence[str]] = None,
+                 start: bool = True) -> None:
         self.host = host
         self.secret = secret
         self.auth_hook = auth_hook
@@ -133,6 +141,19 @@ class LocalSora:
         self.ice_gathering_timeout = ice_gathering_timeout
         self.connect_timeout = connect_timeout
         self.ice_address = ice_address
+        if require_client_cert and not tls:
+            raise ValueError("require_client_cert needs tls=True")
+        self.tls = bool(tls)
+        self.require_client_cert = bool(require_client_cert)
+        if tls_hostnames is None:
+            tls_hostnames = ["127.0.0.1", "localhost"] + ([host] if host not in ("127.0.0.1", "localhost") else [])
+        self.tls_hostnames = list(tls_hostnames)
+        #: PEM of the test CA (``tls=True``): pass it as the client's ``ca_cert``.
+        self.ca_cert: Optional[bytes] = None
+        #: PEM client certificate / key signed by the test CA (``require_client_cert=True``).
+        self.client_cert: Optional[bytes] = None
+        self.client_key: Optional[bytes] = None
+        self._ssl_context: Optional[ssl.SSLContext] = None
         self._requested_port = port
         self._registry = ChannelRegistry()
         self._lock = threading.Lock()
@@ -154,6 +175,14 @@ class LocalSora:
         if self._started:
             return self
         self._started = True
+        if self.tls:
+            from . import tls as _tls
+
+            material = _tls.generate(self.tls_hostnames, client=self.require_client_cert)
+            self._ssl_context = _tls.server_context(material, self.require_client_cert)
+            self.ca_cert = material.ca_cert
+            self.client_cert = material.client_cert
+            self.client_key = material.client_key
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -194,7 +223,9 @@ class LocalSora:
             pending = list(self._sockets)  # sockets still in their HTTP phase
         for sock in pending:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                # the plain socket's shutdown (an SSLSocket's own would drop its TLS state
+                # under the thread that is still using it)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass
         deadline = time.monotonic() + timeout
@@ -224,11 +255,11 @@ class LocalSora:
 
     @property
     def signaling_url(self) -> str:
-        return "ws://%s:%d/signaling" % (self._url_host(), self.port)
+        return "%s://%s:%d/signaling" % ("wss" if self.tls else "ws", self._url_host(), self.port)
 
     @property
     def api_url(self) -> str:
-        return "http://%s:%d/" % (self._url_host(), self.port)
+        return "%s://%s:%d/" % ("https" if self.tls else "http", self._url_host(), self.port)
 
     # ---- in-process API ----
     def connections(self, channel_id: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -314,9 +345,62 @@ class LocalSora:
                 self._sockets.add(sock)
             thread.start()
 
+    def _tls_handshake(self, sock: socket.socket, address) -> Optional[ssl.SSLSocket]:
+        """Wrap an accepted socket (in its own thread, bounded); None when the handshake fails."""
+        sock.settimeout(10.0)
+        tls_sock = self._ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        with self._lock:
+            self._sockets.discard(sock)  # wrap_socket() took over its descriptor
+            closing = self._closing
+            if not closing:
+                self._sockets.add(tls_sock)
+        try:
+            if closing:
+                raise OSError("server closing")
+            tls_sock.do_handshake()
+        except (OSError, ValueError) as error:  # ssl.SSLError and socket.timeout included
+            log.debug("local Sora: TLS handshake with %s failed: %s", address, error)
+            if isinstance(error, ssl.SSLError):
+                self._drain(tls_sock)
+            with self._lock:
+                self._sockets.discard(tls_sock)
+            try:
+                tls_sock.close()
+            except OSError:
+                pass
+            return None
+        tls_sock.settimeout(None)
+        return tls_sock
+
+    @staticmethod
+    def _drain(sock: socket.socket, limit: float = 1.0) -> None:
+        """Half-close, then read (raw bytes) until EOF or ``limit`` seconds.
+
+        With TLS 1.3 a refused client certificate is only noticed after the client
+        sent its request; closing with that request unread would reset the
+        connection and the client could lose the alert that says why.
+        """
+        deadline = time.monotonic() + limit
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_WR)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                sock.settimeout(left)
+                if not socket.socket.recv(sock, 65536):
+                    break
+        except (OSError, ValueError):
+            pass
+
     def _serve_socket(self, sock: socket.socket, address) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl_context is not None:
+                tls_sock = self._tls_handshake(sock, address)
+                if tls_sock is None:
+                    return
+                sock = tls_sock
             try:
                 request = websocket.read_request(sock, timeout=10.0)
             except websocket.WebSocketError:
