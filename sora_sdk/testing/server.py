@@ -32,13 +32,19 @@ class Scheduler:
     """One thread running short callbacks at given times (timers of every session)."""
 
     class Handle:
-        __slots__ = ("cancelled",)
+        """A pending call; cancelling drops the callable at once (it may hold a whole session)."""
 
-        def __init__(self) -> None:
-            self.cancelled = False
+        __slots__ = ("fn",)
+
+        def __init__(self, fn: Optional[Callable[[], Any]]) -> None:
+            self.fn = fn
+
+        @property
+        def cancelled(self) -> bool:
+            return self.fn is None
 
         def cancel(self) -> None:
-            self.cancelled = True
+            self.fn = None
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -49,13 +55,13 @@ class Scheduler:
         self._thread.start()
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> "Scheduler.Handle":
-        handle = Scheduler.Handle()
+        handle = Scheduler.Handle(fn)
         with self._cond:
             if self._stopped:
-                handle.cancelled = True
+                handle.cancel()
                 return handle
             self._seq += 1
-            heapq.heappush(self._heap, (time.monotonic() + max(delay, 0.0), self._seq, fn, handle))
+            heapq.heappush(self._heap, (time.monotonic() + max(delay, 0.0), self._seq, handle))
             self._cond.notify()
         return handle
 
@@ -68,13 +74,15 @@ class Scheduler:
                     if self._heap:
                         wait = self._heap[0][0] - time.monotonic()
                         if wait <= 0:
-                            _, _, fn, handle = heapq.heappop(self._heap)
+                            _, _, handle = heapq.heappop(self._heap)
                             break
                         self._cond.wait(wait)
                     else:
                         self._cond.wait()
-            if handle.cancelled:
+            fn = handle.fn
+            if fn is None:
                 continue
+            handle.fn = None
             try:
                 fn()
             except Exception:
