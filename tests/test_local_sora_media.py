@@ -14,54 +14,12 @@ import pytest
 
 import sora_sdk
 from tests.conftest import Recorder, wait_until
+from tests.media_pump import BAND, H, RATE, TONE, W, Pump
 
-W, H = 320, 240
-RATE = 48000
-TONE = 440.0
 # Two-colour frames (BGR): the left half and the right half of each sender's picture, below a
 # band where a box moves (so the encoder has something to send).
-BAND = 48
 COLOURS = [((40, 160, 220), (200, 60, 30)), ((200, 30, 90), (30, 200, 90))]
 TOLERANCE = 14  # per channel, after I420 conversion and lossy coding
-
-
-class Pump:
-    """Feeds a sender's sources on a thread: a two-colour frame every 1/30 s and a sine, in real time."""
-
-    def __init__(self, video, audio, colours, tone: float = TONE) -> None:
-        self.video = video
-        self.audio = audio
-        self.frame = np.empty((H, W, 3), np.uint8)
-        self.frame[:, : W // 2] = colours[0]
-        self.frame[:, W // 2:] = colours[1]
-        self.tone = tone
-        self.frames = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="test-pump", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        start = time.monotonic()
-        samples = 0
-        next_video = start
-        while not self._stop.wait(0.01):
-            now = time.monotonic()
-            while int((now - start) * RATE) - samples >= 480:
-                t = (np.arange(480) + samples) / RATE
-                chunk = (np.sin(2 * np.pi * self.tone * t) * 8000).astype(np.int16).reshape(-1, 1)
-                self.audio.on_data(chunk)
-                samples += 480
-            if now >= next_video:
-                x = (self.frames * 8) % (W - 32)
-                self.frame[:BAND] = 0
-                self.frame[8:40, x:x + 32] = 255
-                self.video.on_captured(self.frame)
-                self.frames += 1
-                next_video = max(next_video + 1 / 30, now)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 class Sender:

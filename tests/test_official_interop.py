@@ -24,12 +24,9 @@ import pytest
 
 from tests import official_peer
 from tests.conftest import Recorder, wait_until
+from tests.media_pump import BAND, H, RATE, TONE, W, Pump
 from tests.official_peer import NetNS, NetNSUnavailable, OfficialClient, OfficialUnavailable
 
-W, H = 320, 240
-RATE = 48000
-TONE = 440.0
-BAND = 48  # rows at the top where a box moves; the colour halves are measured below it
 OFFICIAL_COLOURS = [[40, 160, 220], [200, 60, 30]]
 OUR_COLOURS = [[200, 30, 90], [30, 200, 90]]
 TOLERANCE = 16  # per BGR channel, after I420 conversion and lossy coding
@@ -134,42 +131,6 @@ def ours(netns, monkeypatch):
 
 
 # --------------------------------------------------------------------------- our side's helpers
-class OurPump:
-    """Feeds our SDK's sources: two-colour 320x240 BGR frames with a moving box (30 fps) and a 440 Hz sine."""
-
-    def __init__(self, video, audio, colours) -> None:
-        self.video, self.audio = video, audio
-        self.frame = np.empty((H, W, 3), np.uint8)
-        self.frame[:, : W // 2] = colours[0]
-        self.frame[:, W // 2:] = colours[1]
-        self.frames = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="our-pump", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        start = time.monotonic()
-        samples = 0
-        next_video = start
-        while not self._stop.wait(0.005):
-            now = time.monotonic()
-            while int((now - start) * RATE) - samples >= 480:
-                t = (np.arange(480) + samples) / RATE
-                self.audio.on_data((np.sin(2 * np.pi * TONE * t) * 8000).astype(np.int16).reshape(-1, 1))
-                samples += 480
-            if now >= next_video:
-                x = (self.frames * 8) % (W - 32)
-                self.frame[:BAND] = 0
-                self.frame[8:40, x:x + 32] = 255
-                self.video.on_captured(self.frame)
-                self.frames += 1
-                next_video = max(next_video + 1 / 30, now)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 def our_sender(ours, url: str, channel_id: str, codec: str):
     sora, cleanup = ours
     video = sora.create_video_source()
@@ -181,7 +142,7 @@ def our_sender(ours, url: str, channel_id: str, codec: str):
     cleanup.append(conn.disconnect)
     conn.connect()
     assert rec.connected.wait(15), rec.events
-    pump = OurPump(video, audio, OUR_COLOURS)
+    pump = Pump(video, audio, OUR_COLOURS)
     cleanup.append(pump.stop)
     return conn, rec, pump
 
