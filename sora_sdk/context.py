@@ -10,10 +10,14 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
+from contextlib import contextmanager
 
 from ._ffi import EventRouter, check, ffi, lib
 
 log = logging.getLogger("sora_sdk")
+
+CLOSE_WAIT = 10.0  # seconds close() waits for shim calls still running on other threads
 
 
 class Context:
@@ -24,6 +28,9 @@ class Context:
         check(lib.sora_context_create(self._router.callbacks, out), "engine context")
         self._ptr = out[0]
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when the last user leaves
+        self._users = 0
+        self._depth = threading.local()  # this thread's nesting of use()
         self._closed = False
 
     @property
@@ -37,6 +44,30 @@ class Context:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @contextmanager
+    def use(self):
+        """Keep the engine context alive while a shim call uses one of its handles.
+
+        close() waits for every such call to end before the shim frees anything, so a
+        call that passed the "closed?" check can never touch freed memory (PyPy runs
+        finalizers on any thread, so a sink may be closed just as the Sora is closed).
+        """
+        with self._lock:
+            if self._closed:
+                from .errors import SoraInvalidState
+
+                raise SoraInvalidState("the Sora instance is closed")
+            self._users += 1
+        self._depth.n = getattr(self._depth, "n", 0) + 1
+        try:
+            yield self._ptr
+        finally:
+            self._depth.n -= 1
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._idle.notify_all()
 
     def post(self, fn) -> bool:
         """Run `fn()` on the dispatcher thread, after everything already queued."""
@@ -65,6 +96,14 @@ class Context:
             if self._closed:
                 return
             self._closed = True
+            own = getattr(self._depth, "n", 0)  # calls of this very thread cannot end first
+            deadline = time.monotonic() + CLOSE_WAIT
+            while self._users > own:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.error("closing the engine context while %d call(s) still use it", self._users - own)
+                    break
+                self._idle.wait(left)
         ptr = self._ptr
         if lib.sora_context_is_dispatcher_thread(ptr):
             # The dispatcher cannot join itself: finish from a helper thread.

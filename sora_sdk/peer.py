@@ -160,7 +160,8 @@ class Peer:
         with self._lock:
             if self._closed or self._context.closed:
                 raise SoraInvalidState("the peer connection is closed")
-            yield self._ptr
+            with self._context.use():
+                yield self._ptr
 
     @property
     def closed(self) -> bool:
@@ -356,9 +357,12 @@ class Peer:
             if self._closed:
                 return
             self._closed = True
-            if self._context.closed:
-                return  # the context already destroyed every peer
-            check(lib.sora_peer_destroy(self._ptr), "destroy peer")
+            try:
+                with self._context.use():
+                    check(lib.sora_peer_destroy(self._ptr), "destroy peer")
+            except SoraInvalidState:
+                if not self._context.closed:
+                    raise  # else the context already destroyed every peer
 
 
 class Forward:
@@ -378,5 +382,9 @@ class Forward:
             if self._closed:
                 return
             self._closed = True
-            if not self._context.closed:
-                check(lib.sora_forward_destroy(self._ptr), "stop forwarding")
+            try:
+                with self._context.use():
+                    check(lib.sora_forward_destroy(self._ptr), "stop forwarding")
+            except SoraInvalidState:
+                if not self._context.closed:
+                    raise

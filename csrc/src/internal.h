@@ -87,6 +87,9 @@ int sora_peer_enter(sora_peer *peer);
 void sora_peer_leave(sora_peer *peer);
 /* References to a remote track's tee and RTP caps, and a copy of its kind. */
 int sora_peer_find_track(sora_peer *peer, gint64 id, GstElement **tee, GstCaps **caps, char **kind);
+/* Keep the peer's memory (not the connection) alive for a child that points at it; unref releases. */
+sora_peer *sora_peer_ref(sora_peer *peer);
+void sora_peer_unref(sora_peer *peer);
 void sora_peer_add_child(sora_peer *peer, sora_child *child);
 gboolean sora_peer_remove_child(sora_peer *peer, sora_child *child);
 /* Register a send path built outside peer.c: the peer frees `link` when it closes and sends key-frame

@@ -36,6 +36,7 @@ struct sora_peer {
   GList *children;       /* sora_child* (sinks, forwards), protected by lock */
   gboolean closed;
   gint64 next_track_id;
+  gint mem_refs; /* the handle, plus one per sink/forward pointing here: the struct outlives them all */
 };
 
 GstElement *sora_peer_pipeline(sora_peer *peer) { return peer->pipeline; }
@@ -397,8 +398,12 @@ static GstBusSyncReply on_bus_message(GstBus *bus, GstMessage *msg, sora_peer *p
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
-static void peer_free(sora_handle_base *base) {
-  sora_peer *peer = (sora_peer *)base;
+sora_peer *sora_peer_ref(sora_peer *peer) {
+  g_atomic_int_inc(&peer->mem_refs);
+  return peer;
+}
+
+static void peer_release(sora_peer *peer) {
   for (guint i = 0; i < peer->channels->len; i++) {
     channel_slot *slot = g_ptr_array_index(peer->channels, i);
     if (slot->channel) gst_object_unref(slot->channel);
@@ -420,6 +425,12 @@ static void peer_free(sora_handle_base *base) {
   g_free(peer);
 }
 
+void sora_peer_unref(sora_peer *peer) {
+  if (g_atomic_int_dec_and_test(&peer->mem_refs)) peer_release(peer);
+}
+
+static void peer_free(sora_handle_base *base) { sora_peer_unref((sora_peer *)base); }
+
 SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *config, const sora_callbacks *callbacks,
                                 sora_peer **out) {
   sora_clear_error();
@@ -432,6 +443,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   if (!webrtc) return sora_fail(SORA_ERR_ENGINE, "cannot create webrtcbin");
   sora_peer *peer = g_new0(sora_peer, 1);
   sora_handle_init(&peer->base, ctx, callbacks, peer_free);
+  peer->mem_refs = 1;
   g_mutex_init(&peer->lock);
   g_rw_lock_init(&peer->op_lock);
   peer->channels = g_ptr_array_new();

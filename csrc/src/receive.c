@@ -82,7 +82,7 @@ struct sora_sink {
   GThread *thread;
   gint format;
   GstElement *valve; /* owned reference */
-  sora_peer *peer;   /* NULL once detached */
+  sora_peer *peer;   /* a memory reference (sora_peer_ref) until sora_sink_destroy */
 };
 
 SORA_C_API void sora_c_release(void *ref) {
@@ -197,7 +197,6 @@ static void sink_detach(sora_child *child) {
   /* The peer is closing (maybe while a frame callback waits for it): stop without joining here;
    * sora_sink_destroy joins the thread later. */
   sink_stop(sink, FALSE);
-  sink->peer = NULL;
 }
 
 static void on_decoded_pad(GstElement *decodebin, GstPad *pad, gpointer data) {
@@ -282,7 +281,6 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
   sink->capacity = cfg.capacity > 0 ? (guint)cfg.capacity : (audio ? 50 : 2);
   sink->format = cfg.format;
   sink->valve = gst_object_ref(valve);
-  sink->peer = peer;
   GstAppSinkCallbacks cbs = {0};
   cbs.new_sample = sink_new_sample;
   gst_app_sink_set_callbacks(GST_APP_SINK(appsink), &cbs, sink, sink_unref);
@@ -313,6 +311,7 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
     sink_unref(sink); /* the owner's reference; appsink's goes with the element */
     goto out;
   }
+  sink->peer = sora_peer_ref(peer);
   sora_peer_add_child(peer, &sink->child);
   request_remote_key_frame(tee);
   *out = sink;
@@ -344,6 +343,7 @@ SORA_C_API int sora_sink_destroy(sora_sink *sink) {
   }
   sink_stop(sink, TRUE);
   sink->peer = NULL;
+  if (peer) sora_peer_unref(peer);
   sora_queue_destroy(&sink->base);
   return SORA_OK;
 }
@@ -359,7 +359,7 @@ struct sora_forward {
   GstElement *src_tee;
   gint payload_type;
   gboolean rewrite_pt;
-  sora_peer *src, *dst;
+  sora_peer *src, *dst; /* src: a memory reference until sora_forward_destroy; dst: not used after create */
 };
 
 /* The existing, unlinked sink pad of the transceiver at `mline`, if webrtcbin already made one. */
@@ -450,7 +450,6 @@ static void forward_stop(sora_forward *f) {
 static void forward_detach_src(sora_child *child) {
   sora_forward *f = (sora_forward *)((char *)child - G_STRUCT_OFFSET(sora_forward, child));
   forward_stop(f);
-  f->src = NULL;
 }
 
 SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *dst, int32_t mline,
@@ -534,9 +533,11 @@ SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *
   rc = add_branch(src, tee, chain, G_N_ELEMENTS(chain));
   if (rc) {
     forward_stop(f);
+    f->src = f->dst = NULL;
     forward_unref(f);
     goto out;
   }
+  sora_peer_ref(src);
   sora_peer_add_child(src, &f->child);
   request_remote_key_frame(tee);
   *out = f;
@@ -559,6 +560,7 @@ SORA_C_API int sora_forward_destroy(sora_forward *f) {
   }
   forward_stop(f);
   f->src = NULL;
+  if (src) sora_peer_unref(src);
   forward_unref(f);
   return SORA_OK;
 }

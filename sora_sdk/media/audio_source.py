@@ -69,7 +69,8 @@ class SoraAudioSource(SoraTrackInterface):
         self._push(ffi.cast("int16_t *", ffi.from_buffer(array)), array.shape[0])
 
     def _push(self, ptr, count: int) -> None:
-        check(lib.sora_audio_source_push(self._context.ptr and self._ptr, ptr, count, -1), "on_data")
+        with self._context.use():
+            check(lib.sora_audio_source_push(self._ptr, ptr, count, -1), "on_data")
         self._samples += count
 
     def _media_source_stats(self) -> dict:

@@ -6,6 +6,7 @@ import threading
 from typing import Optional
 
 from .._ffi import EventRouter, check, ffi, lib
+from ..errors import SoraInvalidState
 
 log = logging.getLogger("sora_sdk")
 
@@ -33,16 +34,22 @@ class EngineSink:
         with self._lock:
             if self._closed or self._context.closed:
                 return 0
-            return lib.sora_sink_dropped(self._ptr)
+            try:
+                with self._context.use():
+                    return lib.sora_sink_dropped(self._ptr)
+            except SoraInvalidState:
+                return 0
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            if self._context.closed:
-                return
-            rc = lib.sora_sink_destroy(self._ptr)
+            try:
+                with self._context.use():
+                    rc = lib.sora_sink_destroy(self._ptr)
+            except SoraInvalidState:
+                return  # the context is closed: it stopped every sink
         if rc < 0:
             log.debug("sink destroy: %s", ffi.string(lib.sora_c_last_error()))
 

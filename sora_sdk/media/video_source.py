@@ -7,6 +7,7 @@ from typing import Optional, Union
 import numpy as np
 
 from .._ffi import check, ffi, lib
+from ..errors import SoraInvalidState
 from .track import SoraTrackInterface, random_track_id
 
 
@@ -62,8 +63,9 @@ class SoraVideoSource(SoraTrackInterface):
             if self._black is None or self._black.shape != frame.shape:
                 self._black = np.zeros_like(frame)
             frame = self._black
-        check(lib.sora_video_source_push_bgr(self._context.ptr and self._ptr, ffi.from_buffer(frame),
-                                             width, height, width * 3, ts_us), "on_captured")
+        with self._context.use():
+            check(lib.sora_video_source_push_bgr(self._ptr, ffi.from_buffer(frame), width, height, width * 3,
+                                                 ts_us), "on_captured")
 
     def on_captured_i420(self, y, u, v, timestamp: Union[float, int, None] = None) -> None:
         """Send one I420 frame given as three uint8 planes (additive API: skips the BGR conversion)."""
@@ -80,17 +82,20 @@ class SoraVideoSource(SoraTrackInterface):
             raise ValueError("on_captured_i420(): u and v must be %dx%d for a %dx%d y plane" % (ch, cw, height, width))
         ts_us = int(time.time() * 1e6) if timestamp is None else int(timestamp * 1e6 if isinstance(timestamp, float) else timestamp)
         self._size = (width, height)
-        check(lib.sora_video_source_push_i420(
-            self._context.ptr and self._ptr,
-            ffi.from_buffer(planes[0]), planes[0].strides[0],
-            ffi.from_buffer(planes[1]), planes[1].strides[0],
-            ffi.from_buffer(planes[2]), planes[2].strides[0],
-            width, height, ts_us), "on_captured_i420")
+        with self._context.use():
+            check(lib.sora_video_source_push_i420(
+                self._ptr,
+                ffi.from_buffer(planes[0]), planes[0].strides[0],
+                ffi.from_buffer(planes[1]), planes[1].strides[0],
+                ffi.from_buffer(planes[2]), planes[2].strides[0],
+                width, height, ts_us), "on_captured_i420")
 
     def _frames(self) -> int:
-        if self._context.closed:
+        try:
+            with self._context.use():
+                return lib.sora_video_source_frame_count(self._ptr)
+        except SoraInvalidState:
             return 0
-        return lib.sora_video_source_frame_count(self._ptr)
 
     def _media_source_stats(self) -> dict:
         width, height = self._size
