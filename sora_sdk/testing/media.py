@@ -45,6 +45,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..peer import Forward
+from .filters import forwarded
 
 log = logging.getLogger("sora_sdk.testing")
 
@@ -392,7 +393,8 @@ class MediaRouter:
             self._receivers[session.connection_id] = receiver
             plan = [(sender, kind, codec) for sender in self._senders.values()
                     if sender.joined and sender.session is not session and not sender.session._ending
-                    for kind, codec in sender.ready_kinds() if kind in wanted]
+                    for kind, codec in sender.ready_kinds()
+                    if kind in wanted and forwarded(session, sender.session, kind)]
         for sender, kind, codec in plan:
             self._add_slot(receiver, peer, sender, kind, codec)
 
@@ -611,7 +613,7 @@ class MediaRouter:
             for sender in self._senders.values():
                 if sender.joined and sender.session is not session and not sender.session._ending:
                     for kind, codec in sender.ready_kinds():
-                        if kind in wanted:
+                        if kind in wanted and forwarded(session, sender.session, kind):
                             desired[(sender.session.connection_id, kind)] = (sender, codec)
             live = {(slot.sender_id, slot.kind): slot for slot in receiver.slots if slot.live}
         changed = force

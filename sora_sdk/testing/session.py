@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import websocket
 from ..peer import Peer
+from . import filters
 from .auth import AuthError, authenticate
 from .channel import new_id, timestamp
 from .media import AUDIO_CAPS, VIDEO_CAPS  # noqa: F401  (re-exported)
@@ -387,6 +388,10 @@ class Session:
                 audio_codec = audio.get("codec_type")
             self.audio_bit_rate = audio.get("bit_rate")
         self.simulcast = msg.get("simulcast") is True
+        try:
+            self.forwarding_filters = filters.from_connect(msg)
+        except filters.FilterError as exc:
+            raise Reject(CLOSE_BAD_MESSAGE, "INVALID-FORWARDING-FILTER", str(exc))
         self.data_channel_signaling = msg.get("data_channel_signaling") is True
         self.ignore_disconnect_websocket = msg.get("ignore_disconnect_websocket") is True
         self.notify_metadata = msg.get("signaling_notify_metadata")
