@@ -22,6 +22,8 @@ from .media.audio_sink import (SoraAudioFrame, SoraAudioSink, SoraAudioSinkImpl,
                                SoraAudioStreamSinkImpl)
 from .media.audio_source import SoraAudioSource
 from .media.track import SoraMediaTrack, SoraTrackInterface
+from .media.transform import (SoraAudioFrameTransformer, SoraFrameTransformer, SoraTransformableAudioFrame,
+                              SoraTransformableFrame, SoraTransformableVideoFrame, SoraVideoFrameTransformer)
 from .media.video_sink import SoraVideoFrame, SoraVideoSink, SoraVideoSinkImpl
 from .media.video_source import SoraVideoSource
 from .sora import Sora
@@ -51,6 +53,8 @@ __all__ = [
     "Sora", "SoraConnection", "SoraAudioSource", "SoraVideoSource", "SoraVideoSink", "SoraVideoSinkImpl",
     "SoraVideoFrame", "SoraAudioSink", "SoraAudioSinkImpl", "SoraAudioStreamSink", "SoraAudioStreamSinkImpl",
     "SoraAudioFrame", "SoraVAD", "SoraTrackInterface", "SoraMediaTrack",
+    "SoraFrameTransformer", "SoraAudioFrameTransformer", "SoraVideoFrameTransformer", "SoraTransformableFrame",
+    "SoraTransformableAudioFrame", "SoraTransformableVideoFrame",
     "SoraVideoCodecCapability", "SoraVideoCodecPreference", "get_video_codec_capability",
     "create_video_codec_preference_from_implementation", "enable_libwebrtc_log", "rtc_log",
     "SoraSignalingErrorCode", "SoraSignalingType", "SoraSignalingDirection", "SoraDegradationPreference",

@@ -141,6 +141,7 @@ class SoraConnection:
         self._closing_mode: Optional[str] = None
         self._timers: List[threading.Timer] = []
         self._tracks: Dict[str, SoraMediaTrack] = {}
+        self._transforms: List = []  # (transformer, engine transform) of the send branches
         self._loopback = all(_is_loopback_host(u) for u in options.signaling_urls)
         self._pending_candidates: List[str] = []
         self._answer_sent = False
@@ -542,7 +543,16 @@ class SoraConnection:
             if not codecs:
                 continue
             codec = codecs[0]
-            if section.kind == "video" and simulcast_mid is not None and section.mid == simulcast_mid:
+            simulcast = section.kind == "video" and simulcast_mid is not None and section.mid == simulcast_mid
+            transformer = opts.video_frame_transformer if section.kind == "video" else opts.audio_frame_transformer
+            if transformer is not None:
+                if simulcast:
+                    log.warning("video_frame_transformer is not applied to simulcast layers")
+                else:
+                    engine = transformer._attach(self._context)
+                    self._transforms.append((transformer, engine))
+                    self._peer.set_send_transform(section.index, engine)
+            if simulcast:
                 self._peer.attach_video_simulcast(source._handle, section.index, codec.name.upper(),
                                                   codec.payload_type, encodings, opts.video_bit_rate or 1000,
                                                   codec.fmtp, section.extmaps)
@@ -788,8 +798,14 @@ class SoraConnection:
             except SoraError:
                 log.debug("closing the peer failed", exc_info=True)
         tracks = list(self._tracks.values())
-        if tracks:  # sink threads may be inside a callback: release them off this thread
-            threading.Thread(target=lambda: [t._end() for t in tracks], name="sora-sink-close", daemon=True).start()
+        transforms, self._transforms = self._transforms, []
+        if tracks or transforms:  # sink and transform threads may be inside a callback: release them off this thread
+            def release() -> None:
+                for track in tracks:
+                    track._end()
+                for transformer, engine in transforms:
+                    transformer._detach(engine)
+            threading.Thread(target=release, name="sora-sink-close", daemon=True).start()
         self._emit("on_disconnect", code, message)
         self._done.set()
         self._sora._unregister(self)

@@ -6,7 +6,7 @@ import math
 import random
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._ffi import EventRouter, cbuf, check, cstr, ffi, lib, take_string
 from .errors import SoraInvalidArgument, SoraInvalidState
@@ -284,9 +284,33 @@ class Peer:
         with self._use() as ptr:
             check(lib.sora_peer_request_remote_key_frame(ptr, track_id), "request remote key frame")
 
+    def track_rid(self, track_id: int) -> Tuple[Optional[str], int]:
+        """(rid, ssrc) of remote track `track_id`, read from its first RTP packets: rid is the simulcast
+        RTP stream id (None when the track has none, or before a packet with it arrived), ssrc is 0
+        before the first packet."""
+        rid_out = ffi.new("char **")
+        ssrc_out = ffi.new("uint32_t *")
+        with self._use() as ptr:
+            check(lib.sora_peer_track_rid(ptr, track_id, rid_out, ssrc_out), "track rid")
+        rid = take_string(rid_out[0]) if rid_out[0] != ffi.NULL else None
+        return rid, int(ssrc_out[0])
+
     def request_key_frame(self) -> None:
         with self._use() as ptr:
             check(lib.sora_peer_request_key_frame(ptr), "request key frame")
+
+    # ---- encoded-frame transforms ----
+    def set_send_transform(self, mline: int, transform) -> None:
+        """Route the branch attached later at `mline` through an EngineTransform (None: none)."""
+        with self._use() as ptr:
+            check(lib.sora_peer_set_send_transform(ptr, mline, transform.ptr if transform else ffi.NULL),
+                  "set send transform")
+
+    def set_track_transform(self, track_id: int, transform) -> None:
+        """Route the sinks created later on remote track `track_id` through an EngineTransform (None: none)."""
+        with self._use() as ptr:
+            check(lib.sora_peer_set_track_transform(ptr, track_id, transform.ptr if transform else ffi.NULL),
+                  "set track transform")
 
     # ---- data channels ----
     def create_data_channel(self, label: str, *, ordered: Optional[bool] = None,

@@ -13,6 +13,7 @@ from .connect_message import default_environment, normalize_connection_options
 from .connection import SoraConnection
 from .context import Context
 from .media.audio_source import SoraAudioSource
+from .media.transform import SoraAudioFrameTransformer, SoraVideoFrameTransformer
 from .media.video_source import SoraVideoSource
 from .version import VERSION
 
@@ -97,11 +98,10 @@ class Sora:
                                     % (name, expected.__name__, type(source).__name__))
                 if source._context is not self._context:
                     raise ValueError("%s was created by another Sora instance" % name)
-        for name in ("audio_frame_transformer", "video_frame_transformer"):
-            if args[name] is not None:
-                from .errors import SoraUnsupported
-
-                raise SoraUnsupported("%s: encoded frame transformers are not available in this build yet" % name)
+        for name, expected in (("audio_frame_transformer", SoraAudioFrameTransformer),
+                               ("video_frame_transformer", SoraVideoFrameTransformer)):
+            if args[name] is not None and not isinstance(args[name], expected):
+                raise TypeError("%s must be a %s, got %s" % (name, expected.__name__, type(args[name]).__name__))
         options = normalize_connection_options(**args)
         return SoraConnection(self, options, identity=self._identity, _internal=True)
 

@@ -18,11 +18,8 @@ REFERENCE = os.environ.get("SORA_REFERENCE_DIR") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "reference")
 DUMP = os.path.join(REFERENCE, "captures", "runtime-api-2026.1.0.dev15.txt")
 
-# Official names not provided yet: encoded-frame transformers.
-NOT_YET = {
-    "SoraAudioFrameTransformer", "SoraVideoFrameTransformer", "SoraFrameTransformer",
-    "SoraTransformableFrame", "SoraTransformableAudioFrame", "SoraTransformableVideoFrame",
-}
+# Official names not provided yet (none: every official name exists).
+NOT_YET: set = set()
 # Leaked helpers of the official package (importlib.metadata), not API.
 NOT_API = {"PackageNotFoundError", "version", "sora_sdk_ext"}
 

@@ -41,7 +41,7 @@ extern "C" {
 
 /* ABI version: major changes break callers, minor changes only add. */
 #define SORA_C_ABI_MAJOR 1
-#define SORA_C_ABI_MINOR 2
+#define SORA_C_ABI_MINOR 3
 
 /* ---- error codes ------------------------------------------------------ */
 #define SORA_OK 0
@@ -82,6 +82,7 @@ extern "C" {
 #define SORA_EVENT_RTP_PACKET 11          /* reserved */
 #define SORA_EVENT_VIDEO_FRAME 12         /* sink thread: data/size: pixels, i0: width, i1: height, i2: pts us, ref: frame */
 #define SORA_EVENT_AUDIO_FRAME 13         /* sink thread: data/size: interleaved int16, i0: rate, i1: channels, i2: pts us, ref */
+#define SORA_EVENT_ENCODED_FRAME 14       /* transform thread: data/size: encoded frame, i0: 1 key frame, i1: direction, i2: pts us, str0: mime type, ref */
 
 typedef struct sora_event {
   int32_t type;
@@ -111,6 +112,7 @@ typedef struct sora_video_source sora_video_source; /* frames pushed by the appl
 typedef struct sora_audio_source sora_audio_source; /* samples pushed by the application */
 typedef struct sora_sink sora_sink;                 /* decoded frames of one remote track */
 typedef struct sora_forward sora_forward;           /* one remote track's RTP re-sent by another peer (SFU) */
+typedef struct sora_transform sora_transform;       /* the application's encoded-frame transform */
 
 /* Peer configuration; zero-initialise, then set what you need. */
 typedef struct sora_peer_config {
@@ -132,6 +134,23 @@ typedef struct sora_codec_params {
   const char *fmtp;          /* the offer's fmtp line for this payload or NULL */
   int32_t ssrc;              /* 0 = random */
 } sora_codec_params;
+
+/* Encoded-frame directions (same numbers as SoraTransformableFrameDirection). */
+#define SORA_TRANSFORM_RECEIVER 1
+#define SORA_TRANSFORM_SENDER 2
+
+/* What is known about one encoded frame of a transform (SORA_EVENT_ENCODED_FRAME). */
+typedef struct sora_encoded_frame_info {
+  int32_t direction;      /* SORA_TRANSFORM_RECEIVER or SORA_TRANSFORM_SENDER */
+  int32_t key_frame;      /* 1 for a key frame (always 1 for audio) */
+  int32_t payload_type;   /* RTP payload type of the stream */
+  uint32_t ssrc;          /* RTP SSRC of the stream (0 if unknown) */
+  int32_t clock_rate;     /* RTP clock rate */
+  uint32_t rtp_timestamp; /* the frame's clock time in RTP ticks */
+  int32_t width, height;  /* video frame size when the stream tells it, else 0 */
+  int64_t pts_us;         /* the frame's clock time in microseconds, or -1 */
+  const char *mime_type;  /* "video/VP8", "audio/opus", ...; valid while the frame is */
+} sora_encoded_frame_info;
 
 /* Data-channel options; -1 means "not set" for the integer fields. */
 typedef struct sora_data_channel_init {
@@ -237,7 +256,26 @@ SORA_C_API int64_t sora_sink_dropped(sora_sink *sink);
 SORA_C_API int sora_sink_destroy(sora_sink *sink);
 /* Ask the remote sender of track `track_id` (from SORA_EVENT_TRACK) for a key frame (RTCP PLI). */
 SORA_C_API int sora_peer_request_remote_key_frame(sora_peer *peer, int64_t track_id);
-/* Re-send the RTP of `src`'s remote track on `dst`'s transceiver at `mline` with `payload_type`, unchanged otherwise. */
+/* RTP stream id (simulcast rid, *rid_out: new string or NULL if none seen yet) and SSRC (*ssrc_out, may be NULL; 0 until a packet) of remote track `track_id`, from its first packets. */
+SORA_C_API int sora_peer_track_rid(sora_peer *peer, int64_t track_id, char **rid_out, uint32_t *ssrc_out);
+/* Create an encoded-frame transform; its frames arrive as SORA_EVENT_ENCODED_FRAME on its own thread. */
+SORA_C_API int sora_transform_create(sora_context *ctx, const sora_callbacks *callbacks, sora_transform **out);
+/* Route the frames of the send branch attached later at `mline` through `transform` (NULL: none). */
+SORA_C_API int sora_peer_set_send_transform(sora_peer *peer, int32_t mline, sora_transform *transform);
+/* Route the frames of sinks created later on remote track `track_id` through `transform` (NULL: none). */
+SORA_C_API int sora_peer_set_track_transform(sora_peer *peer, int64_t track_id, sora_transform *transform);
+/* Give a frame (its event's ref) back to the engine: with `data` (NULL: unchanged) and `rtp_timestamp`; frees the ref. */
+SORA_C_API int sora_transform_enqueue(sora_transform *transform, void *frame, const uint8_t *data, size_t size,
+                                      uint32_t rtp_timestamp);
+/* Copy what is known about a frame (an event's ref) into `info`. */
+SORA_C_API int sora_transform_frame_info(void *frame, sora_encoded_frame_info *info);
+/* Let every later frame pass unchanged without an event. */
+SORA_C_API int sora_transform_short_circuit(sora_transform *transform);
+/* Frames dropped because the application fell more than 240 frames behind. */
+SORA_C_API int64_t sora_transform_dropped(sora_transform *transform);
+/* Stop events (queued frames pass unchanged), then on_destroy; branches keep passing frames through. */
+SORA_C_API int sora_transform_destroy(sora_transform *transform);
+/* Re-send the RTP of `src`'s remote track on `dst`'s m-line `mline` with `payload_type`, header extensions removed; a later forward to that m-line (after this one's destroy) continues its RTP stream: same SSRC, sequence and timestamps, from its next key frame. */
 SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *dst, int32_t mline,
                                    int32_t payload_type, sora_forward **out);
 /* Stop forwarding and release the forward. */

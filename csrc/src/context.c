@@ -125,6 +125,7 @@ SORA_C_API int sora_context_destroy(sora_context *ctx) {
   ctx->stopping = TRUE;
   sora_peer_destroy_all(ctx);
   sora_source_destroy_all(ctx);
+  sora_transform_destroy_all(ctx);
   sora_queue_destroy(&ctx->base);
   queue_item *stop = g_new0(queue_item, 1);
   stop->kind = ITEM_STOP;

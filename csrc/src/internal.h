@@ -43,6 +43,7 @@ struct sora_context {
   GList *peers;
   GList *video_sources;
   GList *audio_sources;
+  GList *transforms;
   gboolean stopping;
 };
 
@@ -87,6 +88,14 @@ int sora_peer_enter(sora_peer *peer);
 void sora_peer_leave(sora_peer *peer);
 /* References to a remote track's tee and RTP caps, and a copy of its kind. */
 int sora_peer_find_track(sora_peer *peer, gint64 id, GstElement **tee, GstCaps **caps, char **kind);
+/* What the first RTP packets of a remote track tell (tracks.c): SSRC and simulcast rid. */
+typedef struct sora_track_info sora_track_info;
+/* Start reading them from the buffers passing `pad` (a probe that removes itself); one reference for the caller. */
+sora_track_info *sora_track_info_new(GstElement *webrtc, GstPad *pad);
+sora_track_info *sora_track_info_ref(sora_track_info *info);
+void sora_track_info_unref(sora_track_info *info);
+/* A reference to the info of remote track `id` (NULL if it has none), or SORA_ERR_NOT_FOUND. */
+int sora_peer_find_track_info(sora_peer *peer, gint64 id, sora_track_info **info);
 /* Keep the peer's memory (not the connection) alive for a child that points at it; unref releases. */
 sora_peer *sora_peer_ref(sora_peer *peer);
 void sora_peer_unref(sora_peer *peer);
@@ -95,6 +104,49 @@ gboolean sora_peer_remove_child(sora_peer *peer, sora_child *child);
 /* Register a send path built outside peer.c: the peer frees `link` when it closes and sends key-frame
  * requests to `encoder` (an owned reference, released at close); either may be NULL. */
 void sora_peer_add_send(sora_peer *peer, sora_link *link, GstElement *encoder);
+
+/* ---- forwarded streams (fwdout.c) ---- */
+/* The RTP stream one destination m-line sends while forwards feed it in turn (see fwdout.c). */
+typedef struct sora_fwd_out sora_fwd_out;
+sora_fwd_out *sora_fwd_out_new(guint32 ssrc, gint clock_rate);
+sora_fwd_out *sora_fwd_out_ref(sora_fwd_out *out);
+void sora_fwd_out_unref(gpointer out);
+/* `owner` feeds the stream from now on; key-frame requests go to `tee`; `encoding` names the codec. */
+void sora_fwd_out_claim(sora_fwd_out *out, gpointer owner, GstElement *tee, const char *encoding);
+/* `owner` stops feeding it (no-op if another forward took over). */
+void sora_fwd_out_release(sora_fwd_out *out, gpointer owner);
+gboolean sora_fwd_out_is_free(sora_fwd_out *out);
+guint32 sora_fwd_out_ssrc(sora_fwd_out *out);
+/* A reference to the current owner's source tee, or NULL. */
+GstElement *sora_fwd_out_key_tee(sora_fwd_out *out);
+/* One packet of `owner`: FALSE drops it; else *buf may be replaced by a rewritten copy (SSRC, sequence number,
+ * timestamp, the payload type unless `payload_type` < 0, header extensions removed). *key_tee: a tee reference
+ * to ask for a key frame. */
+gboolean sora_fwd_out_process(sora_fwd_out *out, gpointer owner, GstBuffer **buf, gint payload_type,
+                              GstElement **key_tee);
+
+/* ---- frames handed to the application (receive.c, transform.c) ---- */
+/* Every `ref` of a frame event starts with this: sora_c_release calls `release`. */
+typedef struct sora_frame_head {
+  void (*release)(void *ref);
+} sora_frame_head;
+
+/* ---- encoded-frame transforms (transform.c) ---- */
+/* An appsink (*sink_out) and an appsrc (*src_out) to put in a branch where the frames leave and come back. */
+int sora_transform_make_point(sora_transform *t, int32_t direction, const char *mime_type, int32_t payload_type,
+                              uint32_t ssrc, int32_t clock_rate, GstElement **sink_out, GstElement **src_out);
+/* TRUE for the appsink of a point: a branch must not link it to the next element. */
+gboolean sora_transform_is_cut(GstElement *element);
+/* After a branch's elements were synced with `pipeline`: put any cut in `chain` in the pipeline's target state. */
+void sora_transform_start_cuts(GstElement *pipeline, GstElement **chain, gint n);
+/* "video/VP8", "audio/opus", ... (a new string). */
+char *sora_mime_type(const char *kind, const char *codec);
+/* A reference to the transform set for remote track `id` (sora_peer_set_track_transform), or NULL. */
+sora_transform *sora_peer_track_transform(sora_peer *peer, gint64 id);
+sora_transform *sora_transform_ref(sora_transform *t);
+/* Destroy every transform the application did not destroy (context destroy). */
+void sora_transform_destroy_all(sora_context *ctx);
+void sora_transform_release(sora_transform *t);
 
 /* ---- stats (stats.c) ---- */
 char *sora_structure_to_json(const GstStructure *s);

@@ -11,6 +11,8 @@ typedef struct {
   GstElement *tee;  /* owned reference */
   GstCaps *caps;    /* RTP caps of the track */
   char *kind;
+  sora_track_info *info; /* SSRC / rid from its first packets (tracks.c) */
+  sora_transform *transform; /* for sinks created later (sora_peer_set_track_transform), a reference or NULL */
 } track_slot;
 
 typedef struct {
@@ -37,6 +39,7 @@ struct sora_peer {
   gboolean closed;
   gint64 next_track_id;
   gint mem_refs; /* the handle, plus one per sink/forward pointing here: the struct outlives them all */
+  GHashTable *send_transforms; /* m-line -> sora_transform reference, for branches attached later; under lock */
 };
 
 GstElement *sora_peer_pipeline(sora_peer *peer) { return peer->pipeline; }
@@ -67,6 +70,75 @@ int sora_peer_find_track(sora_peer *peer, gint64 id, GstElement **tee, GstCaps *
     *tee = gst_object_ref(t->tee);
     *caps = t->caps ? gst_caps_ref(t->caps) : NULL;
     *kind = g_strdup(t->kind);
+    sora_clear_error();
+    rc = SORA_OK;
+    break;
+  }
+  g_mutex_unlock(&peer->lock);
+  return rc;
+}
+
+sora_transform *sora_peer_track_transform(sora_peer *peer, gint64 id) {
+  sora_transform *found = NULL;
+  g_mutex_lock(&peer->lock);
+  for (guint i = 0; i < peer->tracks->len; i++) {
+    track_slot *t = g_ptr_array_index(peer->tracks, i);
+    if (t->id == id && t->transform) found = sora_transform_ref(t->transform);
+  }
+  g_mutex_unlock(&peer->lock);
+  return found;
+}
+
+static sora_transform *send_transform(sora_peer *peer, int32_t mline) {
+  g_mutex_lock(&peer->lock);
+  sora_transform *t = g_hash_table_lookup(peer->send_transforms, GINT_TO_POINTER(mline));
+  if (t) sora_transform_ref(t);
+  g_mutex_unlock(&peer->lock);
+  return t;
+}
+
+SORA_C_API int sora_peer_set_send_transform(sora_peer *peer, int32_t mline, sora_transform *transform) {
+  sora_clear_error();
+  if (mline < 0) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "m-line must be >= 0");
+  int rc = sora_peer_enter(peer);
+  if (rc) return rc;
+  g_mutex_lock(&peer->lock);
+  if (transform)
+    g_hash_table_replace(peer->send_transforms, GINT_TO_POINTER(mline), sora_transform_ref(transform));
+  else
+    g_hash_table_remove(peer->send_transforms, GINT_TO_POINTER(mline));
+  g_mutex_unlock(&peer->lock);
+  sora_peer_leave(peer);
+  return SORA_OK;
+}
+
+SORA_C_API int sora_peer_set_track_transform(sora_peer *peer, int64_t track_id, sora_transform *transform) {
+  sora_clear_error();
+  int rc = sora_peer_enter(peer);
+  if (rc) return rc;
+  rc = sora_fail(SORA_ERR_NOT_FOUND, "no remote track with id %" G_GINT64_FORMAT, track_id);
+  g_mutex_lock(&peer->lock);
+  for (guint i = 0; i < peer->tracks->len; i++) {
+    track_slot *t = g_ptr_array_index(peer->tracks, i);
+    if (t->id != track_id) continue;
+    if (t->transform) sora_transform_release(t->transform);
+    t->transform = transform ? sora_transform_ref(transform) : NULL;
+    sora_clear_error();
+    rc = SORA_OK;
+  }
+  g_mutex_unlock(&peer->lock);
+  sora_peer_leave(peer);
+  return rc;
+}
+
+int sora_peer_find_track_info(sora_peer *peer, gint64 id, sora_track_info **info) {
+  int rc = sora_fail(SORA_ERR_NOT_FOUND, "no remote track with id %" G_GINT64_FORMAT, id);
+  *info = NULL;
+  g_mutex_lock(&peer->lock);
+  for (guint i = 0; i < peer->tracks->len; i++) {
+    track_slot *t = g_ptr_array_index(peer->tracks, i);
+    if (t->id != id) continue;
+    if (t->info) *info = sora_track_info_ref(t->info);
     sora_clear_error();
     rc = SORA_OK;
     break;
@@ -363,9 +435,11 @@ static void on_pad_added(GstElement *webrtc, GstPad *pad, sora_peer *peer) {
   gst_bin_add(GST_BIN(peer->pipeline), tee);
   gst_element_sync_state_with_parent(tee);
   GstPad *sinkpad = gst_element_get_static_pad(tee, "sink");
+  sora_track_info *info = sora_track_info_new(webrtc, sinkpad); /* before the first buffer passes */
   gst_pad_link(pad, sinkpad);
   gst_object_unref(sinkpad);
   track_slot *slot = g_new0(track_slot, 1);
+  slot->info = info;
   slot->tee = gst_object_ref(tee);
   slot->caps = gst_pad_get_current_caps(pad);
   if (!slot->caps) slot->caps = gst_pad_query_caps(pad, NULL);
@@ -415,12 +489,15 @@ static void peer_release(sora_peer *peer) {
     track_slot *t = g_ptr_array_index(peer->tracks, i);
     if (t->tee) gst_object_unref(t->tee);
     if (t->caps) gst_caps_unref(t->caps);
+    sora_track_info_unref(t->info);
+    sora_transform_release(t->transform);
     g_free(t->kind);
     g_free(t);
   }
   g_ptr_array_free(peer->tracks, TRUE);
   g_mutex_clear(&peer->lock);
   g_rw_lock_clear(&peer->op_lock);
+  g_hash_table_destroy(peer->send_transforms);
   g_free(peer->local_address);
   g_free(peer);
 }
@@ -444,6 +521,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   sora_peer *peer = g_new0(sora_peer, 1);
   sora_handle_init(&peer->base, ctx, callbacks, peer_free);
   peer->mem_refs = 1;
+  peer->send_transforms = g_hash_table_new_full(NULL, NULL, NULL, (GDestroyNotify)sora_transform_release);
   g_mutex_init(&peer->lock);
   g_rw_lock_init(&peer->op_lock);
   peer->channels = g_ptr_array_new();
@@ -726,6 +804,7 @@ static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gin
   GstBin *bin = GST_BIN(peer->pipeline);
   for (gint i = 0; i < n; i++) gst_bin_add(bin, chain[i]);
   for (gint i = 0; i + 1 < n; i++) {
+    if (sora_transform_is_cut(chain[i])) continue; /* the frames come back through the next element */
     if (!gst_element_link(chain[i], chain[i + 1])) {
       const char *a = GST_OBJECT_NAME(chain[i]), *b = GST_OBJECT_NAME(chain[i + 1]);
       int rc = sora_fail(SORA_ERR_ENGINE, "cannot link %s to %s", a, b);
@@ -746,6 +825,7 @@ static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gin
     return sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link);
   }
   for (gint i = n - 1; i >= 0; i--) gst_element_sync_state_with_parent(chain[i]);
+  sora_transform_start_cuts(peer->pipeline, chain, n);
   /* The answer is made before media flows: give the transceiver the caps (with our SSRC) now, so the
    * answer announces a=ssrc / a=msid as libwebrtc receivers expect. */
   GstWebRTCRTPTransceiver *trans = NULL;
@@ -772,6 +852,20 @@ static int check_params(const sora_codec_params *p, int32_t mline) {
   if (p->payload_type < 0 || p->payload_type > 127)
     return sora_fail(SORA_ERR_INVALID_ARGUMENT, "payload type must be 0..127, got %d", p->payload_type);
   return SORA_OK;
+}
+
+/* If the application set a transform for `mline`, put its point in `slots` (2 elements); returns how many. */
+static gint add_send_transform(sora_peer *peer, int32_t mline, const sora_codec_params *p, guint ssrc,
+                               const char *kind, GstElement **slots) {
+  sora_transform *t = send_transform(peer, mline);
+  if (!t) return 0;
+  char *mime = sora_mime_type(kind, p->codec);
+  gint clock = p->clock_rate > 0 ? p->clock_rate : (strcmp(kind, "audio") == 0 ? 48000 : 90000);
+  int rc = sora_transform_make_point(t, SORA_TRANSFORM_SENDER, mime, p->payload_type, ssrc, clock, &slots[0],
+                                     &slots[1]);
+  g_free(mime);
+  sora_transform_release(t);
+  return rc == SORA_OK ? 2 : 0;
 }
 
 /* The stream's SSRC: chosen here (not by the payloader) so the caps, and so the answer's a=ssrc lines, carry it. */
@@ -876,7 +970,7 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
                                           "clock-rate", G_TYPE_INT, p->clock_rate > 0 ? p->clock_rate : 90000,
                                           "ssrc", G_TYPE_UINT, ssrc, NULL);
   g_free(encoding);
-  GstElement *chain[7];
+  GstElement *chain[9];
   gint n = 0;
   chain[n++] = src;
   chain[n++] = queue;
@@ -884,6 +978,7 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   if (rawfilter) chain[n++] = rawfilter;
   chain[n++] = enc;
   if (filter) chain[n++] = filter;
+  n += add_send_transform(peer, mline, p, ssrc, "video", &chain[n]);
   chain[n++] = pay;
   gst_object_ref(src);
   gst_object_ref(enc);
@@ -940,9 +1035,12 @@ static int impl_sora_peer_attach_audio_source(sora_peer *peer, sora_audio_source
                                           G_TYPE_STRING, "OPUS", "payload", G_TYPE_INT, p->payload_type,
                                           "clock-rate", G_TYPE_INT, 48000, "encoding-params", G_TYPE_STRING, "2",
                                           "ssrc", G_TYPE_UINT, ssrc, NULL);
-  GstElement *chain[] = {src, conv, resample, enc, pay};
+  GstElement *chain[7] = {src, conv, resample, enc};
+  gint n = 4;
+  n += add_send_transform(peer, mline, p, ssrc, "audio", &chain[n]);
+  chain[n++] = pay;
   gst_object_ref(src);
-  rc = attach_branch(peer, mline, chain, G_N_ELEMENTS(chain), rtp_caps);
+  rc = attach_branch(peer, mline, chain, n, rtp_caps);
   gst_caps_unref(rtp_caps);
   if (rc) {
     gst_object_unref(src);

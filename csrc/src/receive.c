@@ -10,6 +10,7 @@ static int add_branch(sora_peer *peer, GstElement *tee, GstElement **chain, gint
   GstBin *bin = GST_BIN(sora_peer_pipeline(peer));
   for (gint i = 0; i < n; i++) gst_bin_add(bin, chain[i]);
   for (gint i = 0; i + 1 < n; i++) {
+    if (sora_transform_is_cut(chain[i])) continue; /* the frames come back through the next element */
     if (!gst_element_link(chain[i], chain[i + 1])) {
       int rc = sora_fail(SORA_ERR_ENGINE, "cannot link %s to %s", GST_OBJECT_NAME(chain[i]),
                          GST_OBJECT_NAME(chain[i + 1]));
@@ -18,6 +19,7 @@ static int add_branch(sora_peer *peer, GstElement *tee, GstElement **chain, gint
     }
   }
   for (gint i = n - 1; i >= 0; i--) gst_element_sync_state_with_parent(chain[i]);
+  sora_transform_start_cuts(GST_ELEMENT(bin), chain, n);
   GstPad *teepad = gst_element_request_pad_simple(tee, "src_%u");
   GstPad *sinkpad = gst_element_get_static_pad(chain[0], "sink");
   GstPadLinkReturn r = gst_pad_link(teepad, sinkpad);
@@ -64,6 +66,7 @@ SORA_C_API int sora_peer_request_remote_key_frame(sora_peer *peer, int64_t track
 /* ---- sinks ------------------------------------------------------------------ */
 
 typedef struct {
+  sora_frame_head head;
   GstSample *sample;
   GstMapInfo map;
 } frame_ref;
@@ -85,12 +88,16 @@ struct sora_sink {
   sora_peer *peer;   /* a memory reference (sora_peer_ref) until sora_sink_destroy */
 };
 
-SORA_C_API void sora_c_release(void *ref) {
+static void frame_ref_release(void *ref) {
   frame_ref *f = ref;
-  if (!f) return;
   gst_buffer_unmap(gst_sample_get_buffer(f->sample), &f->map);
   gst_sample_unref(f->sample);
   g_free(f);
+}
+
+SORA_C_API void sora_c_release(void *ref) {
+  sora_frame_head *head = ref;
+  if (head) head->release(ref);
 }
 
 static void sink_unref(gpointer data) {
@@ -134,6 +141,7 @@ static void sink_deliver(sora_sink *sink, GstSample *sample) {
     return;
   }
   frame_ref *ref = g_new0(frame_ref, 1);
+  ref->head.release = frame_ref_release;
   ref->sample = sample;
   if (!gst_buffer_map(buf, &ref->map, GST_MAP_READ)) {
     gst_sample_unref(sample);
@@ -238,7 +246,7 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
     rc = sora_fail(SORA_ERR_UNSUPPORTED, "cannot receive %s: no depayloader", encoding ? encoding : "this codec");
   }
   if (rc) goto out;
-  GstElement *chain[8];
+  GstElement *chain[10];
   gint n = 0;
   GstElement *queue = gst_element_factory_make("queue", NULL);
   g_object_set(queue, "max-size-buffers", 0, "max-size-bytes", 0, "max-size-time", (guint64)500 * GST_MSECOND, NULL);
@@ -269,7 +277,10 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
   }
   g_object_set(filter, "caps", want, NULL);
   gst_caps_unref(want);
-  g_object_set(appsink, "sync", FALSE, "max-buffers", 2, "drop", TRUE, "enable-last-sample", FALSE, NULL);
+  /* async=FALSE: adding the sink must not make the running pipeline lose its state (and wait for a preroll
+   * that a transform cut upstream could never deliver). */
+  g_object_set(appsink, "sync", FALSE, "async", FALSE, "max-buffers", 2, "drop", TRUE, "enable-last-sample", FALSE,
+               NULL);
 
   sora_sink *sink = g_new0(sora_sink, 1);
   sora_handle_init(&sink->base, sora_peer_context(peer), callbacks, sink_free);
@@ -289,6 +300,21 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
   chain[n++] = queue;
   chain[n++] = valve;
   chain[n++] = depay;
+  sora_transform *transform = sora_peer_track_transform(peer, track_id);
+  if (transform) {
+    /* The application's transform sees the encoded frames between depayloader and decoder. */
+    const GstStructure *st = gst_caps_get_structure(caps, 0);
+    gint pt = -1, clock = 0;
+    guint ssrc = 0;
+    gst_structure_get_int(st, "payload", &pt);
+    gst_structure_get_int(st, "clock-rate", &clock);
+    gst_structure_get_uint(st, "ssrc", &ssrc);
+    char *mime = sora_mime_type(kind, encoding);
+    rc = sora_transform_make_point(transform, SORA_TRANSFORM_RECEIVER, mime, pt, ssrc, clock, &chain[n], &chain[n + 1]);
+    g_free(mime);
+    sora_transform_release(transform);
+    if (rc == SORA_OK) n += 2;
+  }
   chain[n++] = dec;
   if (audio) {
     chain[n++] = conv;
@@ -359,6 +385,7 @@ struct sora_forward {
   GstElement *src_tee;
   gint payload_type;
   gboolean rewrite_pt;
+  sora_fwd_out *out;  /* the destination m-line's stream (fwdout.c); a reference */
   sora_peer *src, *dst; /* src: a memory reference until sora_forward_destroy; dst: not used after create */
 };
 
@@ -385,9 +412,52 @@ static GstPad *sink_pad_for_mline(GstElement *webrtc, gint mline) {
   return found;
 }
 
+static gboolean keep_forwarded_field(GQuark field, GValue *value, gpointer data) {
+  (void)value;
+  (void)data;
+  const char *name = g_quark_to_string(field);
+  return !g_str_has_prefix(name, "extmap-") && !g_str_has_prefix(name, "rid-") && strcmp(name, "a-simulcast") != 0;
+}
+
+static GQuark fwd_out_quark(void) { return g_quark_from_static_string("sora-forward-out"); }
+
+/* The appsrc that a stopped forward left linked to the transceiver at `mline` (a reference), with its stream
+ * (`*out`, a reference): a new forward to that m-line takes both over, so the receiver keeps one RTP stream. */
+static GstElement *reusable_appsrc(GstElement *webrtc, gint mline, sora_fwd_out **out) {
+  GstElement *found = NULL;
+  GstIterator *it = gst_element_iterate_sink_pads(webrtc);
+  GValue item = G_VALUE_INIT;
+  while (!found && gst_iterator_next(it, &item) == GST_ITERATOR_OK) {
+    GstPad *pad = g_value_get_object(&item);
+    GstWebRTCRTPTransceiver *trans = NULL;
+    if (g_object_class_find_property(G_OBJECT_GET_CLASS(pad), "transceiver"))
+      g_object_get(pad, "transceiver", &trans, NULL);
+    guint index = G_MAXUINT;
+    if (trans) {
+      g_object_get(trans, "mlineindex", &index, NULL);
+      gst_object_unref(trans);
+    }
+    GstPad *peer = (gint)index == mline ? gst_pad_get_peer(pad) : NULL;
+    GstElement *element = peer ? gst_pad_get_parent_element(peer) : NULL;
+    sora_fwd_out *o = element ? g_object_get_qdata(G_OBJECT(element), fwd_out_quark()) : NULL;
+    if (o && sora_fwd_out_is_free(o)) {
+      found = element;
+      *out = sora_fwd_out_ref(o);
+    } else if (element) {
+      gst_object_unref(element);
+    }
+    if (peer) gst_object_unref(peer);
+    g_value_reset(&item);
+  }
+  g_value_unset(&item);
+  gst_iterator_free(it);
+  return found;
+}
+
 static void forward_unref(gpointer data) {
   sora_forward *f = data;
   if (!g_atomic_int_dec_and_test(&f->refs)) return;
+  if (f->out) sora_fwd_out_unref(f->out);
   if (f->appsrc) gst_object_unref(f->appsrc);
   if (f->valve) gst_object_unref(f->valve);
   if (f->src_tee) gst_object_unref(f->src_tee);
@@ -404,32 +474,30 @@ static GstFlowReturn forward_new_sample(GstAppSink *appsink, gpointer data) {
   g_mutex_unlock(&f->lock);
   if (appsrc) {
     GstBuffer *buf = gst_buffer_ref(gst_sample_get_buffer(sample));
-    if (f->rewrite_pt) {
-      buf = gst_buffer_make_writable(buf);
-      GstRTPBuffer rtp = GST_RTP_BUFFER_INIT;
-      if (gst_rtp_buffer_map(buf, GST_MAP_READWRITE, &rtp)) {
-        gst_rtp_buffer_set_payload_type(&rtp, (guint8)f->payload_type);
-        gst_rtp_buffer_unmap(&rtp);
-      }
+    GstElement *key_tee = NULL;
+    if (sora_fwd_out_process(f->out, f, &buf, f->rewrite_pt ? f->payload_type : -1, &key_tee)) {
+      GST_BUFFER_PTS(buf) = GST_CLOCK_TIME_NONE;
+      GST_BUFFER_DTS(buf) = GST_CLOCK_TIME_NONE;
+      gst_app_src_push_buffer(GST_APP_SRC(appsrc), buf);
+    } else {
+      gst_buffer_unref(buf); /* not this forward's turn, or waiting for a key frame */
     }
-    GST_BUFFER_PTS(buf) = GST_CLOCK_TIME_NONE;
-    GST_BUFFER_DTS(buf) = GST_CLOCK_TIME_NONE;
-    gst_app_src_push_buffer(GST_APP_SRC(appsrc), buf);
+    if (key_tee) {
+      request_remote_key_frame(key_tee);
+      gst_object_unref(key_tee);
+    }
     gst_object_unref(appsrc);
   }
   gst_sample_unref(sample);
   return GST_FLOW_OK;
 }
 
-/* A key-frame request from the receiving side goes on to the original sender. */
+/* A key-frame request from the receiving side goes on to the original sender (of the forward feeding it now). */
 static GstPadProbeReturn forward_upstream_event(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
   (void)pad;
-  sora_forward *f = data;
   GstEvent *event = GST_PAD_PROBE_INFO_EVENT(info);
   if (event && gst_video_event_is_force_key_unit(event)) {
-    g_mutex_lock(&f->lock);
-    GstElement *tee = f->appsrc && f->src_tee ? gst_object_ref(f->src_tee) : NULL;
-    g_mutex_unlock(&f->lock);
+    GstElement *tee = sora_fwd_out_key_tee(data);
     if (tee) {
       request_remote_key_frame(tee);
       gst_object_unref(tee);
@@ -443,6 +511,7 @@ static void forward_stop(sora_forward *f) {
   GstElement *appsrc = f->appsrc;
   f->appsrc = NULL;
   g_mutex_unlock(&f->lock);
+  if (f->out) sora_fwd_out_release(f->out, f);
   if (f->valve) g_object_set(f->valve, "drop", TRUE, NULL);
   if (appsrc) gst_object_unref(appsrc);
 }
@@ -478,45 +547,68 @@ SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *
   GstStructure *st = gst_caps_get_structure(rtp_caps, 0);
   const char *drop[] = {"timestamp-offset", "seqnum-offset", "a-framerate"};
   for (guint i = 0; i < G_N_ELEMENTS(drop); i++) gst_structure_remove_field(st, drop[i]);
+  /* So are its header extensions and simulcast layers (the packets go out without extensions). */
+  gst_structure_filter_and_map_in_place(st, keep_forwarded_field, NULL);
   gint old_pt = -1;
   if (caps && gst_caps_get_size(caps)) gst_structure_get_int(gst_caps_get_structure(caps, 0), "payload", &old_pt);
 
-  /* destination: appsrc ! webrtcbin.sink_<mline> */
-  GstElement *appsrc = gst_element_factory_make("appsrc", NULL);
-  g_object_set(appsrc, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "caps", rtp_caps,
-               "max-bytes", (guint64)(4 << 20), "block", FALSE, NULL);
-  gst_util_set_object_arg(G_OBJECT(appsrc), "leaky-type", "downstream");
+  const char *encoding = gst_structure_get_string(st, "encoding-name");
+  gchar *encoding_copy = g_strdup(encoding);
+
+  /* destination: appsrc ! webrtcbin.sink_<mline>; the appsrc of an earlier forward there is taken over */
   GstElement *dst_webrtc = sora_peer_webrtc(dst);
-  gst_bin_add(GST_BIN(sora_peer_pipeline(dst)), appsrc);
-  char name[32];
-  g_snprintf(name, sizeof name, "sink_%d", mline);
-  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(dst_webrtc), "sink_%u");
-  GstPad *sinkpad = sink_pad_for_mline(dst_webrtc, mline);
-  if (!sinkpad) sinkpad = gst_element_request_pad(dst_webrtc, templ, name, rtp_caps);
-  GstPad *srcpad = gst_element_get_static_pad(appsrc, "src");
-  GstPadLinkReturn link = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
-  if (sinkpad) gst_object_unref(sinkpad);
-  gst_caps_unref(rtp_caps);
-  if (link != GST_PAD_LINK_OK) {
+  sora_fwd_out *fout = NULL;
+  GstElement *appsrc = reusable_appsrc(dst_webrtc, mline, &fout);
+  if (appsrc) {
+    gst_caps_unref(rtp_caps);
+  } else {
+    appsrc = gst_element_factory_make("appsrc", NULL);
+    g_object_set(appsrc, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "caps", rtp_caps,
+                 "max-bytes", (guint64)(4 << 20), "block", FALSE, NULL);
+    gst_util_set_object_arg(G_OBJECT(appsrc), "leaky-type", "downstream");
+    gst_bin_add(GST_BIN(sora_peer_pipeline(dst)), appsrc);
+    char name[32];
+    g_snprintf(name, sizeof name, "sink_%d", mline);
+    GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(dst_webrtc), "sink_%u");
+    GstPad *sinkpad = sink_pad_for_mline(dst_webrtc, mline);
+    if (!sinkpad) sinkpad = gst_element_request_pad(dst_webrtc, templ, name, rtp_caps);
+    GstPad *srcpad = gst_element_get_static_pad(appsrc, "src");
+    GstPadLinkReturn link = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
+    if (sinkpad) gst_object_unref(sinkpad);
+    guint ssrc = 0;
+    gint clock_rate = 0;
+    gst_structure_get_uint(st, "ssrc", &ssrc);
+    gst_structure_get_int(st, "clock-rate", &clock_rate);
+    gst_caps_unref(rtp_caps);
+    if (link != GST_PAD_LINK_OK) {
+      gst_object_unref(srcpad);
+      gst_bin_remove(GST_BIN(sora_peer_pipeline(dst)), appsrc);
+      g_free(encoding_copy);
+      rc = sora_fail(SORA_ERR_ENGINE, "the destination refused m-line %d (link result %d)", mline, link);
+      goto out;
+    }
+    gst_element_sync_state_with_parent(appsrc);
+    fout = sora_fwd_out_new(ssrc, clock_rate);
+    g_object_set_qdata_full(G_OBJECT(appsrc), fwd_out_quark(), sora_fwd_out_ref(fout), sora_fwd_out_unref);
+    gst_pad_add_probe(srcpad, GST_PAD_PROBE_TYPE_EVENT_UPSTREAM, forward_upstream_event, sora_fwd_out_ref(fout),
+                      sora_fwd_out_unref);
     gst_object_unref(srcpad);
-    gst_bin_remove(GST_BIN(sora_peer_pipeline(dst)), appsrc);
-    rc = sora_fail(SORA_ERR_ENGINE, "the destination refused m-line %d (link result %d)", mline, link);
-    goto out;
+    gst_object_ref(appsrc); /* the forward's */
   }
-  gst_element_sync_state_with_parent(appsrc);
 
   sora_forward *f = g_new0(sora_forward, 1);
-  f->refs = 3; /* owner, appsink callbacks, key-frame probe */
+  f->refs = 2; /* owner, appsink callbacks */
   g_mutex_init(&f->lock);
   f->child.detach = forward_detach_src;
-  f->appsrc = gst_object_ref(appsrc);
+  f->appsrc = appsrc;
   f->src_tee = gst_object_ref(tee);
   f->payload_type = payload_type;
   f->rewrite_pt = old_pt != payload_type;
+  f->out = fout;
   f->src = src;
   f->dst = dst;
-  gst_pad_add_probe(srcpad, GST_PAD_PROBE_TYPE_EVENT_UPSTREAM, forward_upstream_event, f, forward_unref);
-  gst_object_unref(srcpad);
+  sora_fwd_out_claim(fout, f, tee, encoding_copy);
+  g_free(encoding_copy);
 
   /* source: tee ! queue ! valve ! appsink */
   GstElement *queue = gst_element_factory_make("queue", NULL);
@@ -524,7 +616,9 @@ SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *
   gst_util_set_object_arg(G_OBJECT(queue), "leaky", "downstream");
   GstElement *valve = gst_element_factory_make("valve", NULL);
   GstElement *appsink = gst_element_factory_make("appsink", NULL);
-  g_object_set(appsink, "sync", FALSE, "enable-last-sample", FALSE, NULL);
+  /* not async: a branch added to a playing pipeline must not make it lose state (an appsink that never
+   * prerolls, e.g. a forward stopped before its first packet, would stall every other branch) */
+  g_object_set(appsink, "sync", FALSE, "async", FALSE, "enable-last-sample", FALSE, NULL);
   f->valve = gst_object_ref(valve);
   GstAppSinkCallbacks cbs = {0};
   cbs.new_sample = forward_new_sample;

@@ -7,7 +7,7 @@ import string
 import threading
 
 from ..enums import SoraTrackState
-from ..errors import SoraUnsupported
+from ..errors import SoraInvalidState
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 log = logging.getLogger("sora_sdk")
@@ -70,13 +70,44 @@ class SoraMediaTrack(SoraTrackInterface):
         self._lock = threading.Lock()
         self._sinks = []
         self._binding = None  # (context, peer, engine track id) once media arrives
+        self._transformer = None
+        self._transform = None  # the engine transform of the binding
 
     @property
     def stream_id(self) -> str:
         return self._stream_id
 
     def set_frame_transformer(self, transformer) -> None:
-        raise SoraUnsupported("encoded frame transformers are not available in this build yet")
+        """Transform this track's encoded frames before they are decoded (call it inside on_track, before
+        creating sinks: sinks created earlier keep receiving untransformed frames)."""
+        from .transform import SoraAudioFrameTransformer, SoraFrameTransformer, SoraVideoFrameTransformer
+
+        expected = SoraVideoFrameTransformer if self.kind == "video" else SoraAudioFrameTransformer
+        if not isinstance(transformer, SoraFrameTransformer):
+            raise TypeError("set_frame_transformer() expects a %s, got %s"
+                            % (expected.__name__, type(transformer).__name__))
+        if not isinstance(transformer, expected):
+            raise ValueError("a %s track needs a %s" % (self.kind, expected.__name__))
+        with self._lock:
+            if self._state == SoraTrackState.ENDED:
+                raise SoraInvalidState("the track has ended")
+            self._transformer = transformer
+            binding = self._binding
+        if binding is not None:
+            self._apply_transformer(*binding)
+
+    def _apply_transformer(self, context, peer, engine_track_id: int) -> None:
+        with self._lock:
+            transformer, old = self._transformer, self._transform
+            self._transform = None
+        if old is not None:
+            old[0]._detach(old[1])
+        if transformer is None:
+            return
+        engine = transformer._attach(context)
+        with self._lock:
+            self._transform = (transformer, engine)
+        peer.set_track_transform(engine_track_id, engine)
 
     def _add_sink(self, sink) -> None:
         with self._lock:
@@ -89,6 +120,12 @@ class SoraMediaTrack(SoraTrackInterface):
         with self._lock:
             self._binding = (context, peer, engine_track_id)
             sinks = list(self._sinks)
+            transformer = self._transformer
+        if transformer is not None:
+            try:
+                self._apply_transformer(context, peer, engine_track_id)
+            except Exception:
+                log.exception("cannot set the frame transformer of %s track %s", self.kind, self.id)
         for sink in sinks:
             try:
                 sink._bind(context, peer, engine_track_id)
@@ -104,8 +141,11 @@ class SoraMediaTrack(SoraTrackInterface):
         with self._lock:
             sinks, self._sinks = self._sinks, []
             self._binding = None
+            transform, self._transform = self._transform, None
         for sink in sinks:
             try:
                 sink.close()
             except Exception:
                 log.debug("closing a sink failed", exc_info=True)
+        if transform is not None:
+            transform[0]._detach(transform[1])

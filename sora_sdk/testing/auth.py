@@ -6,7 +6,8 @@ The claims the server understands:
 * ``channel_id``  -- when present it must equal the connect's channel_id
 * ``exp`` / ``nbf`` -- expiry / not-before (seconds since the epoch)
 * overrides applied to the connection: ``audio``, ``video``, ``video_codec_type``,
-  ``video_bit_rate``, ``simulcast``, ``connection_lifetime`` (seconds)
+  ``video_bit_rate``, ``simulcast``, ``simulcast_encodings`` (the offer's ``encodings`` for a
+  simulcast sender: a list of objects with a ``rid``), ``connection_lifetime`` (seconds)
 
 ``encode_jwt`` is provided for tests and examples that need a token.
 """
@@ -17,6 +18,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Any, Dict, Optional
 
@@ -27,6 +29,7 @@ OVERRIDE_KEYS = (
     "video_codec_type",
     "video_bit_rate",
     "simulcast",
+    "simulcast_encodings",
     "connection_lifetime",
 )
 
@@ -134,6 +137,12 @@ def check_overrides(overrides: Dict[str, Any]) -> Dict[str, Any]:
         elif key in ("video_bit_rate", "connection_lifetime"):
             if not _is_number(value) or value < 0:
                 raise AuthError("AUTHZ-FAILED", "%s must be a non-negative number" % key)
+        elif key == "simulcast_encodings":
+            if not isinstance(value, list) or not 1 <= len(value) <= 8 or \
+                    not all(isinstance(e, dict) and isinstance(e.get("rid"), str)
+                            and re.fullmatch(r"[A-Za-z0-9_-]{1,32}", e["rid"]) for e in value):
+                raise AuthError("AUTHZ-FAILED", "simulcast_encodings must be a list of 1..8 objects with a rid")
+            value = [dict(e) for e in value]
         out[key] = value
     return out
 

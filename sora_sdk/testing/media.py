@@ -4,8 +4,9 @@ Every sending connection (role sendonly/sendrecv) has its media received by its
 server peer (recvonly transceivers, see Session._build_offer). Every receiving
 connection (recvonly/sendrecv) gets, on its own server peer, one sendonly
 transceiver per kind (audio, video) per sender of the channel -- a *slot* --
-and the sender's RTP is re-sent on it unchanged by a `peer.Forward` (payload
-type and SSRC kept, key-frame requests passed back to the sender).
+and the sender's RTP is re-sent on it by a `peer.Forward` (payload and SSRC
+kept, the sender's header extensions dropped, key-frame requests passed back
+to the sender).
 
 Negotiation, as real Sora does it:
 
@@ -33,6 +34,44 @@ streams land on m-lines in arrival order).
 
 All negotiation and forward work of one channel runs on one worker thread (the
 `_Serial` executor), so slots, peers and forwards are changed in one order.
+
+Simulcast (signaling.md §11). A connection with ``"simulcast": true`` that sends
+video gets a video m-line offering ``a=rid:r0 recv`` ... and
+``a=simulcast:recv r0;r1;r2`` (with the sdes:mid / rtp-stream-id extmaps) and
+``"encodings"`` in the offer JSON: by default three layers as Sora's (r0 at 1/4
+size, r1 at 1/2, r2 full; ``maxBitrate`` shares the video bit rate, default
+1000 kbps, by layer area), or the JWT / auth-hook override
+``simulcast_encodings`` (an ``"active": false`` layer is offered paused,
+``~rid``). Each layer reaches the server peer as its own track; its rid comes
+from the rtp-stream-id header extension of its first packets
+(`Peer.track_rid`). A track of a simulcast sender without a rid is forwarded
+as a plain stream.
+
+A receiver's slot for a simulcast sender forwards **one** layer: the
+receiver's ``simulcast_rid`` (the reference does not name Sora's default;
+here it is ``r0``, for simulcast and non-simulcast receivers alike). If that
+layer is paused or not arriving (no packet for ``LAYER_TIMEOUT`` s) the nearest
+lower layer is forwarded, else the nearest higher one. Switching layers stops
+the slot's forward and starts one from the other layer's track on the same
+m-line: the engine keeps the m-line's RTP stream (SSRC, sequence numbers and
+timestamps continue, see csrc/src/fwdout.c) and drops the new layer's packets
+until its first key frame, so the receiver keeps one track whose picture
+changes size, without renegotiation. Key-frame requests of the receiver go to
+the layer being forwarded. The slot's announced SSRC (``a=ssrc``) is that of
+the first layer forwarded on it.
+
+Spotlight. A receiver that connects with ``"spotlight": true`` (which also
+makes its own video simulcast) gets up to ``spotlight_number`` (default
+``DEFAULT_SPOTLIGHT_NUMBER`` = 1) *focused* senders at ``spotlight_focus_rid``
+(default ``r2``) and every other sender at ``spotlight_unfocus_rid`` (default
+``r0``); ``"none"`` means that sender's video is not forwarded (its slot stays,
+silent). Focused are the senders earliest joined, except that
+`MediaRouter.spotlight_focus` (``LocalSora.spotlight_focus``) puts a sender
+first (``fixed``) and `MediaRouter.spotlight_unfocus` puts it last. Each change
+of a receiver's focus set is notified to it (``spotlight.focused`` /
+``spotlight.unfocused`` with channel_id, connection_id, client_id, audio,
+video, fixed) and switches the layers it gets. Audio, and the video of a
+sender that does not simulcast, are forwarded as usual.
 """
 from __future__ import annotations
 
@@ -44,7 +83,7 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..peer import Forward
+from ..peer import SDES_MID, SDES_RID, Forward
 from .filters import forwarded
 
 log = logging.getLogger("sora_sdk.testing")
@@ -72,6 +111,70 @@ LEAVE_TIMEOUT = 5.0
 TRACK_SETTLE = 0.1
 # A re-offer without a re-answer for this long no longer blocks the next one.
 REOFFER_TIMEOUT = 10.0
+
+# Simulcast and spotlight (see the module docstring).
+RIDS = ("r0", "r1", "r2")
+DEFAULT_SIMULCAST_RID = "r0"
+DEFAULT_SPOTLIGHT_NUMBER = 1
+DEFAULT_SPOTLIGHT_FOCUS_RID = "r2"
+DEFAULT_SPOTLIGHT_UNFOCUS_RID = "r0"
+DEFAULT_VIDEO_BIT_RATE = 1000  # kbps, shared by the default layers
+SCALES = (4.0, 2.0, 1.0)       # scaleResolutionDownBy of r0, r1, r2
+MID_EXTMAP_ID = 4
+RID_EXTMAP_ID = 10
+# A layer without a new packet for this long is not arriving; layers are checked every LAYER_POLL s.
+LAYER_TIMEOUT = 2.0
+LAYER_POLL = 0.5
+# How long a new track's rid is waited for before it counts as a plain (non-simulcast) stream.
+RID_WAIT = 0.5
+
+_RID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
+
+
+def rid_ok(value: Any) -> bool:
+    return isinstance(value, str) and _RID_RE.match(value) is not None
+
+
+def default_encodings(bit_rate_kbps: Any = None) -> List[Dict[str, Any]]:
+    """Sora's three layers: r0 at 1/4 size, r1 at 1/2, r2 full, maxBitrate sharing the bit rate by area."""
+    rate = bit_rate_kbps if isinstance(bit_rate_kbps, (int, float)) and not isinstance(bit_rate_kbps, bool) \
+        and bit_rate_kbps > 0 else DEFAULT_VIDEO_BIT_RATE
+    total = rate * 1000
+    area = sum(1.0 / (scale * scale) for scale in SCALES)
+    return [{"rid": rid, "active": True, "scaleResolutionDownBy": scale,
+             "maxBitrate": max(int(total / (scale * scale) / area), 30000)}
+            for rid, scale in zip(RIDS, SCALES)]
+
+
+def session_encodings(session) -> List[Dict[str, Any]]:
+    """The offer's encodings for a simulcast sender: the auth override, else default_encodings."""
+    override = getattr(session, "simulcast_encodings", None)
+    if override:
+        return [dict(e) for e in override]
+    return default_encodings(session.video_bit_rate)
+
+
+def simulcast_caps(caps: str, encodings: List[Dict[str, Any]]) -> str:
+    """`caps` of a recvonly video transceiver that offers a=rid:X recv per encoding and a=simulcast:recv."""
+    out = caps + ",extmap-%d=%s,extmap-%d=%s" % (MID_EXTMAP_ID, SDES_MID, RID_EXTMAP_ID, SDES_RID)
+    out += "".join(",rid-%s=recv" % e["rid"] for e in encodings)
+    out += ',a-simulcast="recv %s"' % ";".join(("~" if e.get("active") is False else "") + e["rid"]
+                                               for e in encodings)
+    return out
+
+
+def pick_layer(order: List[str], available: List[str], wanted: str) -> Optional[str]:
+    """The layer to forward for `wanted`: itself if available, else the nearest lower one, else the nearest higher."""
+    if not available:
+        return None
+    if wanted in available:
+        return wanted
+    rank = {rid: i for i, rid in enumerate(order)}
+    want = rank.get(wanted, RIDS.index(wanted) if wanted in RIDS else 0)
+    lower = [r for r in available if rank.get(r, 0) < want]
+    if lower:
+        return max(lower, key=lambda r: rank.get(r, 0))
+    return min(available, key=lambda r: rank.get(r, 0))
 
 _PAYLOAD_RE = re.compile(r"payload=(?:\(int\))?(\d+)")
 
@@ -242,7 +345,7 @@ class Slot:
     """
 
     __slots__ = ("sender_id", "kind", "codec", "caps", "payload_type", "track_label", "ssrc", "index",
-                 "mline", "mid", "state", "forward")
+                 "mline", "mid", "state", "forward", "source", "rid", "started")
 
     def __init__(self, sender_id: str, kind: str, codec: str, index: int, track_label: str,
                  ssrc: Optional[int]) -> None:
@@ -258,6 +361,9 @@ class Slot:
         self.mid: Optional[str] = None
         self.state = "offered"
         self.forward: Optional[Forward] = None
+        self.source: Optional[int] = None  # the sender's engine track forwarded now
+        self.rid: Optional[str] = None     # its simulcast layer (None: not simulcast)
+        self.started = False               # a forward ran: the m-line's SSRC is fixed
 
     @property
     def live(self) -> bool:
@@ -277,6 +383,7 @@ class Receiver:
         self.dirty = False           # something changed while negotiating
         self.generation = 0
         self.re_offers = 0
+        self.focused: set = set()    # spotlight: the senders last notified as focused
 
 
 class Sender:
@@ -286,12 +393,39 @@ class Sender:
         self.ssrcs: Dict[str, Optional[int]] = {}  # kind -> the client's SSRC for it
         self.labels: Dict[str, str] = {}          # kind -> track id announced to receivers (a=msid)
         self.joined = False
+        self.join_seq = 0
+        # Simulcast video: rid -> (engine track id, SSRC) of each layer that arrived.
+        self.layers: Dict[str, Tuple[int, Optional[int]]] = {}
+        self.stale: set = set()                   # rids not arriving (LAYER_TIMEOUT)
+        self.layer_packets: Dict[str, Tuple[int, float]] = {}  # rid -> (packets received, when they grew)
+        # Spotlight order set through the API: (0, -t) focused first, (2, t) unfocused last.
+        self.spotlight_rank: Optional[Tuple[int, float]] = None
 
     def ready_kinds(self) -> List[Tuple[str, str]]:
         """(kind, codec) of the tracks receivers can be offered: their SSRC is known (from the
         client's answer) or their media already reached the server."""
         return [(k, c) for k, c in sent_kinds(self.session)
-                if k in self.tracks or self.ssrcs.get(k) is not None]
+                if k in self.tracks or self.ssrcs.get(k) is not None or (k == "video" and self.layers)]
+
+    def rid_order(self) -> List[str]:
+        """The sender's rids, lowest layer first (the order of its offer's encodings)."""
+        encodings = getattr(self.session, "encodings", None)
+        return [e["rid"] for e in encodings] if encodings else list(RIDS)
+
+    def live_layers(self) -> List[str]:
+        """The layers arriving now (all known ones if none is)."""
+        known = [rid for rid in self.rid_order() if rid in self.layers]
+        live = [rid for rid in known if rid not in self.stale]
+        return live or known
+
+    def layer_with_ssrc(self, ssrc: Optional[int]) -> Optional[Tuple[int, str]]:
+        for rid, (track_id, layer_ssrc) in self.layers.items():
+            if ssrc is not None and layer_ssrc == ssrc:
+                return track_id, rid
+        return None
+
+    def spotlight_key(self) -> Tuple[int, float]:
+        return self.spotlight_rank or (1, float(self.join_seq))
 
     def track_label(self, kind: str) -> str:
         label = self.labels.get(kind)
@@ -383,6 +517,8 @@ class MediaRouter:
         self._receivers: Dict[str, Receiver] = {}
         self._worker = _Serial("local-sora-media")
         self._settle_pending = False
+        self._join_seq = 0
+        self._layer_poll = False  # a layer check is scheduled
 
     # ---- called by sessions / the registry ----
     def offer_slots(self, session, peer, own_count: int) -> None:
@@ -434,8 +570,30 @@ class MediaRouter:
         """Ask a sending connection for a key frame on each of its tracks (RTCP PLI); returns how many."""
         with self._lock:
             sender = self._senders.get(session.connection_id)
-            tracks = dict(sender.tracks) if sender is not None else {}
-        return sum(1 for kind, track_id in tracks.items() if _request_remote_key_frame(session, track_id, kind))
+            tracks = list(sender.tracks.items()) if sender is not None else []
+            if sender is not None:
+                tracks += [("video", track_id) for track_id, _ in sender.layers.values()]
+        return sum(1 for kind, track_id in tracks if _request_remote_key_frame(session, track_id, kind))
+
+    def spotlight_focus(self, connection_id: str, focus: bool = True) -> bool:
+        """Spotlight: put a sender first (`focus`) or last in every spotlight receiver's order;
+        False if it is not a sender of this channel. Receivers get notifies and switch layers."""
+        with self._lock:
+            sender = self._senders.get(connection_id)
+            if sender is None:
+                return False
+            sender.spotlight_rank = (0, -time.monotonic()) if focus else (2, time.monotonic())
+        self._worker.submit(self._update_spotlight)
+        return True
+
+    def focused(self, connection_id: str) -> List[str]:
+        """Spotlight: the senders a receiver has in focus now (tests)."""
+        with self._lock:
+            receiver = self._receivers.get(connection_id)
+            if receiver is None or not receiver.session.spotlight:
+                return []
+            ranked = self._spotlight_ranked(receiver.session)
+        return [s.session.connection_id for s in ranked[:_spotlight_number(receiver.session)]]
 
     def forwards(self, connection_id: Optional[str] = None) -> List[Dict[str, Any]]:
         """The slots of the receivers (of `connection_id`, or all), as dicts: for tests and debugging."""
@@ -443,7 +601,7 @@ class MediaRouter:
             receivers = [r for cid, r in self._receivers.items() if connection_id in (None, cid)]
             return [{"receiver": r.session.connection_id, "sender": s.sender_id, "kind": s.kind,
                      "codec": s.codec, "payload_type": s.payload_type, "ssrc": s.ssrc, "mline": s.mline,
-                     "mid": s.mid, "state": s.state, "forwarding": s.forward is not None}
+                     "mid": s.mid, "state": s.state, "forwarding": s.forward is not None, "rid": s.rid}
                     for r in receivers for s in r.slots]
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
@@ -464,6 +622,8 @@ class MediaRouter:
             if sent_kinds(session):
                 sender = self._sender(session)
                 sender.joined = True
+                self._join_seq += 1
+                sender.join_seq = self._join_seq
                 # A libwebrtc client announces its track ids and SSRCs in the answer.
                 for kind, (label, ssrc) in sender_track_info(getattr(session, "answer_sdp", None)).items():
                     if label and kind not in sender.labels:
@@ -484,6 +644,7 @@ class MediaRouter:
             self._reconcile(receiver)
         for other in others:
             self._reconcile(other)
+        self._update_spotlight()
 
     def _left(self, session) -> None:
         cid = session.connection_id
@@ -502,9 +663,14 @@ class MediaRouter:
                 if slot.sender_id == cid:
                     self._stop_forward(slot)
             self._reconcile(other)
+        if sender is not None:
+            self._update_spotlight()
 
     def _track(self, session, kind: str, track_id: int) -> None:
         if session._ending or kind not in [k for k, _ in sent_kinds(session)]:
+            return
+        if kind == "video" and session.simulcast and getattr(session, "encodings", None) \
+                and self._layer_track(session, track_id):
             return
         # The client's SSRC for this track: from its answer (libwebrtc and our SDK announce
         # it), else from the server peer's statistics.
@@ -530,6 +696,138 @@ class MediaRouter:
                         self._stop_forward(slot)
             self._start_forwards(receiver)
         self._reconcile_soon(session)
+
+    def _layer_track(self, session, track_id: int) -> bool:
+        """A video track of a simulcast sender: registered as the layer its rid names, and every
+        receiver's slot re-evaluated. False if it carries no rid (then it is a plain stream)."""
+        rid, ssrc = None, 0
+        deadline = time.monotonic() + RID_WAIT
+        while True:
+            info = session._peer_call("track rid", lambda peer: peer.track_rid(track_id), None)
+            if info is None:
+                return True  # the peer is gone
+            rid, ssrc = info
+            if rid is not None or session._ending or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        if rid is None:
+            log.info("local Sora: a simulcast video track of %s has no rid: forwarded as one stream",
+                     session.connection_id)
+            return False
+        with self._lock:
+            sender = self._sender(session)
+            sender.layers[rid] = (track_id, ssrc or None)
+            sender.stale.discard(rid)
+            sender.layer_packets[rid] = (0, time.monotonic())
+            receivers = list(self._receivers.values())
+        log.debug("local Sora: layer %s of %s is track %d (SSRC %s)", rid, session.connection_id, track_id, ssrc)
+        for receiver in receivers:
+            self._start_forwards(receiver)
+        self._schedule_layer_poll(session.server.scheduler)
+        self._reconcile_soon(session)
+        return True
+
+    def _schedule_layer_poll(self, scheduler) -> None:
+        """Check every LAYER_POLL s which layers of the simulcast senders arrive (while there are any)."""
+        with self._lock:
+            if self._layer_poll or scheduler is None:
+                return
+            self._layer_poll = True
+
+        def run() -> None:
+            with self._lock:
+                self._layer_poll = False
+            if self._poll_layers():
+                self._schedule_layer_poll(scheduler)
+
+        scheduler.call_later(LAYER_POLL, lambda: self._worker.submit(run))
+
+    def _poll_layers(self) -> bool:
+        """Mark the layers without new packets for LAYER_TIMEOUT s stale (and fresh ones live again);
+        slots follow. Returns whether there still are simulcast senders."""
+        with self._lock:
+            senders = [s for s in self._senders.values() if s.layers and not s.session._ending]
+        changed = False
+        now = time.monotonic()
+        for sender in senders:
+            counts = _received_packets(sender.session)
+            with self._lock:
+                for rid, (_track_id, ssrc) in sender.layers.items():
+                    count = counts.get(ssrc) if ssrc is not None else None
+                    if count is None:
+                        continue
+                    before, since = sender.layer_packets.get(rid, (0, now))
+                    if count > before:
+                        sender.layer_packets[rid] = (count, now)
+                        since = now
+                    stale = now - since > LAYER_TIMEOUT
+                    if stale != (rid in sender.stale):
+                        changed = True
+                        (sender.stale.add if stale else sender.stale.discard)(rid)
+                        log.debug("local Sora: layer %s of %s %s", rid, sender.session.connection_id,
+                                  "stopped" if stale else "arrives again")
+        if changed:
+            with self._lock:
+                receivers = [r for r in self._receivers.values() if r.joined]
+            for receiver in receivers:
+                self._start_forwards(receiver)
+        return bool(senders)
+
+    # ---- spotlight ----
+    def _spotlight_ranked(self, session) -> List[Sender]:
+        """(lock held) The senders of the channel in `session`'s spotlight order: focused first."""
+        candidates = [s for s in self._senders.values()
+                      if s.joined and s.session is not session and not s.session._ending
+                      and "video" in [k for k, _ in sent_kinds(s.session)]]
+        return sorted(candidates, key=Sender.spotlight_key)
+
+    def _update_spotlight(self) -> None:
+        """Notify each spotlight receiver whose focus set changed and switch its layers."""
+        with self._lock:
+            receivers = [r for r in self._receivers.values()
+                         if r.joined and r.session.spotlight and not r.session._ending]
+            changes = []
+            for receiver in receivers:
+                ranked = self._spotlight_ranked(receiver.session)
+                focused = ranked[:_spotlight_number(receiver.session)]
+                now = {s.session.connection_id for s in focused}
+                gained = [s for s in focused if s.session.connection_id not in receiver.focused]
+                lost = [s for s in ranked[len(focused):] if s.session.connection_id in receiver.focused]
+                receiver.focused = now
+                changes.append((receiver, gained, lost))
+        for receiver, gained, lost in changes:
+            for sender in lost:
+                receiver.session.send_notify(_spotlight_notify("spotlight.unfocused", receiver.session, sender))
+            for sender in gained:
+                receiver.session.send_notify(_spotlight_notify("spotlight.focused", receiver.session, sender))
+            if gained or lost:
+                self._start_forwards(receiver)
+
+    def _wanted_rid(self, session, sender: Sender) -> Optional[str]:
+        """(lock held) The layer `session` should get of `sender`'s video; None: none ("none")."""
+        if session.spotlight:
+            ranked = self._spotlight_ranked(session)
+            focused = sender in ranked[:_spotlight_number(session)]
+            if focused:
+                rid = session.spotlight_focus_rid or DEFAULT_SPOTLIGHT_FOCUS_RID
+            else:
+                rid = session.spotlight_unfocus_rid or DEFAULT_SPOTLIGHT_UNFOCUS_RID
+            return None if rid == "none" else rid
+        return getattr(session, "simulcast_rid", None) or DEFAULT_SIMULCAST_RID
+
+    def _slot_source(self, session, sender: Sender, kind: str) -> Optional[Tuple[int, Optional[str], Optional[int]]]:
+        """(lock held) (engine track id, rid, SSRC) the slot of `session` for `sender`'s `kind` should forward now."""
+        if kind != "video" or not sender.layers:
+            track_id = sender.tracks.get(kind)
+            return None if track_id is None else (track_id, None, sender.ssrcs.get(kind))
+        wanted = self._wanted_rid(session, sender)
+        if wanted is None:
+            return None
+        rid = pick_layer(sender.rid_order(), sender.live_layers(), wanted)
+        if rid is None:
+            return None
+        track_id, ssrc = sender.layers[rid]
+        return track_id, rid, ssrc
 
     def _reconcile_soon(self, session) -> None:
         """Reconcile every receiver shortly: a sender's audio and video arrive a few ms apart
@@ -588,8 +886,15 @@ class MediaRouter:
     # ---- helpers (worker thread, or the receiver's session thread before its offer) ----
     def _add_slot(self, receiver: Receiver, peer, sender: Sender, kind: str, codec: str) -> Optional[Slot]:
         index = receiver.own_count + len(receiver.slots)
-        slot = Slot(sender.session.connection_id, kind, codec, index, sender.track_label(kind),
-                    sender.ssrcs.get(kind))
+        ssrc = sender.ssrcs.get(kind)
+        if kind == "video" and sender.layers:
+            # The SSRC announced is that of the layer forwarded first (see _start_forwards).
+            with self._lock:
+                source = self._slot_source(receiver.session, sender, kind)
+                if source is None:
+                    source = (0, None, sender.layers[sender.live_layers()[0]][1])
+            ssrc = source[2]
+        slot = Slot(sender.session.connection_id, kind, codec, index, sender.track_label(kind), ssrc)
         try:
             peer.add_transceiver(kind, "sendonly", slot.caps)
         except Exception as exc:
@@ -680,20 +985,49 @@ class MediaRouter:
         return join_sections(head, sections)
 
     def _start_forwards(self, receiver: Receiver) -> None:
+        """Start (or switch) the forward of each negotiated slot to what it should carry now: the
+        sender's track, or for a simulcast sender the layer the receiver gets (see _slot_source)."""
         dst = receiver.session
+        announce = False
         for slot in list(receiver.slots):
-            if slot.state != "active" or slot.forward is not None or slot.mline is None:
+            if slot.state != "active" or slot.mline is None:
                 continue
             with self._lock:
                 sender = self._senders.get(slot.sender_id)
-                track_id = sender.tracks.get(slot.kind) if sender is not None else None
-            if sender is None or track_id is None or sender.session._ending or dst._ending:
+                source = self._slot_source(dst, sender, slot.kind) if sender is not None else None
+                first = sender.layer_with_ssrc(slot.ssrc) if sender is not None and not slot.started else None
+            if sender is None or sender.session._ending or dst._ending:
                 continue
-            forward = _forward(sender.session, track_id, dst, slot.mline, slot.payload_type)
-            if forward is not None:
-                slot.forward = forward
-                log.debug("local Sora: forwarding %s %s of %s to %s (m-line %d)", slot.kind, slot.codec,
-                          slot.sender_id, dst.connection_id, slot.mline)
+            if source is None:
+                if slot.forward is not None and sender.layers:
+                    self._stop_forward(slot)  # spotlight "none"
+                continue
+            track_id, rid, ssrc = source
+            if slot.forward is not None and slot.source == track_id:
+                continue
+            if not slot.started and rid is not None and ssrc != slot.ssrc:
+                # The m-line's first forward fixes the SSRC the receiver sees: the one announced.
+                if first is not None:
+                    self._forward_slot(dst, slot, sender, *first)
+                elif ssrc is not None:
+                    slot.ssrc = ssrc
+                    announce = True
+            self._forward_slot(dst, slot, sender, track_id, rid)
+        if announce:
+            self._reconcile(receiver, force=True)
+
+    def _forward_slot(self, dst, slot: Slot, sender: Sender, track_id: int, rid: Optional[str]) -> None:
+        switching = slot.forward is not None
+        self._stop_forward(slot)
+        forward = _forward(sender.session, track_id, dst, slot.mline, slot.payload_type)
+        if forward is None:
+            return
+        slot.forward = forward
+        slot.source = track_id
+        slot.rid = rid
+        slot.started = True
+        log.debug("local Sora: %s %s %s%s of %s to %s (m-line %d)", "switching" if switching else "forwarding",
+                  slot.kind, slot.codec, " " + rid if rid else "", slot.sender_id, dst.connection_id, slot.mline)
 
     @staticmethod
     def _stop_forward(slot: Slot) -> None:
@@ -703,6 +1037,30 @@ class MediaRouter:
                 forward.close()
             except Exception as exc:
                 log.debug("local Sora: stopping a forward failed: %s", exc)
+
+
+def _received_packets(session) -> Dict[int, int]:
+    """SSRC -> packets received, of what a server peer receives (its inbound-rtp stats)."""
+    stats = session._peer_call("stats", lambda peer: peer.get_stats(), None) or []
+    out: Dict[int, int] = {}
+    for entry in stats:
+        if isinstance(entry, dict) and entry.get("type") == "inbound-rtp" and isinstance(entry.get("ssrc"), int):
+            packets = entry.get("packets-received")
+            out[entry["ssrc"]] = packets if isinstance(packets, int) else 0
+    return out
+
+
+def _spotlight_number(session) -> int:
+    return getattr(session, "spotlight_number", None) or DEFAULT_SPOTLIGHT_NUMBER
+
+
+def _spotlight_notify(event_type: str, receiver_session, sender: Sender) -> Dict[str, Any]:
+    from .channel import timestamp  # (channel imports this module)
+
+    src = sender.session
+    return {"type": "notify", "event_type": event_type, "channel_id": receiver_session.channel_id,
+            "connection_id": src.connection_id, "client_id": src.client_id, "audio": src.audio, "video": src.video,
+            "fixed": bool(sender.spotlight_rank and sender.spotlight_rank[0] == 0), "timestamp": timestamp()}
 
 
 def _forward(src_session, track_id: int, dst_session, mline: int, payload_type: int) -> Optional[Forward]:

@@ -321,6 +321,17 @@ class LocalSora:
             channel.media.request_key_frame(session)
         return True
 
+    def spotlight_focus(self, channel_id: str, connection_id: str) -> bool:
+        """Spotlight: focus sender `connection_id` for every spotlight receiver of `channel_id` (it
+        goes first in their order, notified ``fixed``); False if it is no sender there."""
+        channel = self._registry.channel(channel_id)
+        return channel is not None and channel.media.spotlight_focus(connection_id, True)
+
+    def spotlight_unfocus(self, channel_id: str, connection_id: str) -> bool:
+        """Spotlight: put sender `connection_id` last in every spotlight receiver's order."""
+        channel = self._registry.channel(channel_id)
+        return channel is not None and channel.media.spotlight_focus(connection_id, False)
+
     def stats(self, connection_id: str) -> Optional[List[Dict[str, Any]]]:
         """The server peer's statistics for a connection (None if unknown)."""
         session = self._registry.session(connection_id)

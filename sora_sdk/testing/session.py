@@ -28,6 +28,8 @@ from .auth import AuthError, authenticate
 from .channel import new_id, timestamp
 from .media import AUDIO_CAPS, VIDEO_CAPS  # noqa: F401  (re-exported)
 from .media import own_media_mids, placeholder_answer, placeholder_offer
+from .media import rid_ok as media_rid_ok
+from .media import session_encodings, simulcast_caps
 
 log = logging.getLogger("sora_sdk.testing")
 
@@ -102,6 +104,15 @@ class Session:
         self.video_bit_rate = None
         self.audio_bit_rate = None
         self.simulcast = False
+        # Simulcast / spotlight (see media.py): the receiver's choices, and what a sending
+        # connection's offer asks of it ("encodings": the auth override or media.default_encodings).
+        self.simulcast_rid: Optional[str] = None
+        self.simulcast_encodings: Optional[List[Dict[str, Any]]] = None
+        self.encodings: Optional[List[Dict[str, Any]]] = None
+        self.spotlight = False
+        self.spotlight_number: Optional[int] = None
+        self.spotlight_focus_rid: Optional[str] = None
+        self.spotlight_unfocus_rid: Optional[str] = None
         self.notify_metadata = None
         self.authn_metadata = None
         self.authz_metadata = None
@@ -158,6 +169,8 @@ class Session:
             "video_codec_type": self.video_codec_type,
             "video_bit_rate": self.video_bit_rate,
             "simulcast": self.simulcast,
+            "simulcast_rid": self.simulcast_rid,
+            "spotlight": self.spotlight,
             "data_channel_signaling": self.data_channel_signaling,
             "ignore_disconnect_websocket": self.ignore_disconnect_websocket,
             "data_channels": [dict(spec) for spec in self.user_channels.values()],
@@ -392,6 +405,7 @@ class Session:
             self.forwarding_filters = filters.from_connect(msg)
         except filters.FilterError as exc:
             raise Reject(CLOSE_BAD_MESSAGE, "INVALID-FORWARDING-FILTER", str(exc))
+        self._accept_simulcast_options(msg)
         self.data_channel_signaling = msg.get("data_channel_signaling") is True
         self.ignore_disconnect_websocket = msg.get("ignore_disconnect_websocket") is True
         self.notify_metadata = msg.get("signaling_notify_metadata")
@@ -441,6 +455,10 @@ class Session:
             self.video_bit_rate = overrides["video_bit_rate"]
         if "simulcast" in overrides:
             self.simulcast = overrides["simulcast"]
+        if "simulcast_encodings" in overrides:
+            self.simulcast_encodings = overrides["simulcast_encodings"]
+        if self.spotlight:
+            self.simulcast = True  # spotlight forwards simulcast layers (focused / unfocused rid)
         if "connection_lifetime" in overrides:
             self.connection_lifetime = overrides["connection_lifetime"]
 
@@ -452,6 +470,26 @@ class Session:
             raise Reject(CLOSE_BAD_MESSAGE, "INVALID-AUDIO-VIDEO")  # nothing to negotiate
         self.video_codec_type = video_codec.upper() if self.video else None
         self.audio_codec_type = audio_codec.upper() if self.audio else None
+
+    def _accept_simulcast_options(self, msg: Dict[str, Any]) -> None:
+        """simulcast_rid and the spotlight keys of a connect (signaling.md §3); bad values are refused."""
+        rid = msg.get("simulcast_rid")
+        if rid is not None:
+            if not media_rid_ok(rid):
+                raise Reject(CLOSE_BAD_MESSAGE, "INVALID-SIMULCAST-RID")
+            self.simulcast_rid = rid
+        self.spotlight = msg.get("spotlight") is True
+        number = msg.get("spotlight_number")
+        if number is not None:
+            if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 8:
+                raise Reject(CLOSE_BAD_MESSAGE, "INVALID-SPOTLIGHT-NUMBER")
+            self.spotlight_number = number
+        for key in ("spotlight_focus_rid", "spotlight_unfocus_rid"):
+            value = msg.get(key)
+            if value is not None:
+                if value != "none" and not media_rid_ok(value):
+                    raise Reject(CLOSE_BAD_MESSAGE, "INVALID-%s" % key.upper().replace("_", "-"))
+                setattr(self, key, value)
 
     # ------------------------------------------------------------- offer
     def _data_channel_specs(self) -> List[Dict[str, Any]]:
@@ -501,7 +539,12 @@ class Session:
                 peer.add_transceiver("audio", direction, AUDIO_CAPS[self.audio_codec_type])
                 own += 1
             if self.video:
-                peer.add_transceiver("video", direction, VIDEO_CAPS[self.video_codec_type])
+                caps = VIDEO_CAPS[self.video_codec_type]
+                if direction == "recvonly" and self.simulcast:
+                    # A simulcast sender: the video m-line receives one stream per rid (signaling.md §11).
+                    self.encodings = session_encodings(self)
+                    caps = simulcast_caps(caps, self.encodings)
+                peer.add_transceiver("video", direction, caps)
                 own += 1
             if channel is not None:
                 channel.media.offer_slots(self, peer, own)
@@ -543,6 +586,10 @@ class Session:
             "data_channel_signaling": self.data_channel_signaling,
             "ignore_disconnect_websocket": self.ignore_disconnect_websocket,
         }
+        if self.spotlight:
+            offer["spotlight"] = True
+        if self.encodings:
+            offer["encodings"] = [dict(e) for e in self.encodings]
         if self.mids:
             offer["mid"] = dict(self.mids)
         if dc_specs:

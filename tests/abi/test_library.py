@@ -234,6 +234,11 @@ try:
     sink_cfg = ffi.new("sora_sink_config *")
     sinkpp = ffi.new("sora_sink **")
     fwdpp = ffi.new("sora_forward **")
+    xfpp = ffi.new("sora_transform **")
+    xfinfo = ffi.new("sora_encoded_frame_info *")
+    xf_router = EventRouter(lambda e: None)
+    assert lib.sora_transform_create(ctx, xf_router.callbacks, xfpp) == 0
+    xf = xfpp[0]
 except Exception:  # a binding built from an older header: those calls report it themselves
     pass
 """
@@ -298,8 +303,26 @@ NULL_CALLS = [
     ("sora_forward_create(dst=NULL)", "lib.sora_forward_create(peer, 1, NULL, 0, 96, fwdpp)",
      INVALID_ARGUMENT, True),
     ("sora_forward_destroy(NULL)", "lib.sora_forward_destroy(NULL)", INVALID_ARGUMENT, True),
+    ("sora_transform_create(ctx=NULL)", "lib.sora_transform_create(NULL, xf_router.callbacks, xfpp)",
+     INVALID_ARGUMENT, True),
+    ("sora_transform_create(out=NULL)", "lib.sora_transform_create(ctx, xf_router.callbacks, NULL)",
+     INVALID_ARGUMENT, True),
+    ("sora_peer_set_send_transform(NULL)", "lib.sora_peer_set_send_transform(NULL, 0, xf)", INVALID_ARGUMENT, True),
+    ("sora_peer_set_track_transform(NULL)", "lib.sora_peer_set_track_transform(NULL, 1, xf)",
+     INVALID_ARGUMENT, True),
+    ("sora_transform_enqueue(NULL)", "lib.sora_transform_enqueue(NULL, buf, NULL, 0, 0)", INVALID_ARGUMENT, True),
+    ("sora_transform_enqueue(frame=NULL)", "lib.sora_transform_enqueue(xf, NULL, NULL, 0, 0)",
+     INVALID_ARGUMENT, True),
+    ("sora_transform_frame_info(NULL)", "lib.sora_transform_frame_info(NULL, xfinfo)", INVALID_ARGUMENT, True),
+    ("sora_transform_frame_info(info=NULL)", "lib.sora_transform_frame_info(buf, NULL)", INVALID_ARGUMENT, True),
+    ("sora_transform_short_circuit(NULL)", "lib.sora_transform_short_circuit(NULL)", INVALID_ARGUMENT, True),
+    ("sora_transform_dropped(NULL)", "lib.sora_transform_dropped(NULL)", INVALID_ARGUMENT, True),
+    ("sora_transform_destroy(NULL)", "lib.sora_transform_destroy(NULL)", INVALID_ARGUMENT, True),
     ("sora_peer_request_remote_key_frame(NULL)", "lib.sora_peer_request_remote_key_frame(NULL, 1)",
      INVALID_ARGUMENT, True),
+    ("sora_peer_track_rid(NULL)", "lib.sora_peer_track_rid(NULL, 1, charpp, ffi.new('uint32_t *'))",
+     INVALID_ARGUMENT, True),
+    ("sora_peer_track_rid(rid_out=NULL)", "lib.sora_peer_track_rid(peer, 1, NULL, NULL)", INVALID_ARGUMENT, True),
     ("sora_peer_attach_video_simulcast(NULL)",
      "lib.sora_peer_attach_video_simulcast(NULL, vs, 0, pv, ffi.NULL, 1)", INVALID_ARGUMENT, True),
     ("sora_peer_attach_video_simulcast(source=NULL)",

@@ -10,7 +10,7 @@ import threading
 
 from sora_sdk._ffi import EventRouter
 
-from .conftest import OK, VP8_CAPS, expect, ffi, lib, wait_until
+from .conftest import OK, VP8_CAPS, codec_params, expect, ffi, lib, negotiate, wait_until
 from .test_sources import Pump, sending_pair, video_source
 
 SENDONLY = lib.SORA_DIRECTION_SENDONLY
@@ -136,3 +136,130 @@ def test_sink_and_peer_destroyed_at_the_same_time(ctx):
         assert results == {"peer": OK, "sink": OK}, "round %d: %r" % (round_, results)
         assert frames.destroyed.wait(5) and a.rec.wait_destroyed(), "round %d: on_destroy missing" % round_
         b.destroy()
+
+
+# ---- encoded-frame transforms ------------------------------------------------------------
+
+
+class Transform:
+    """A sora_transform whose callback appends or strips a trailer and gives every frame back at once."""
+
+    def __init__(self, ctx, trailer: bytes = b"", strip: bytes = b"") -> None:
+        self.trailer, self.strip = trailer, strip
+        self.lock = threading.Lock()
+        self.frames = []  # (info fields, size, threads)
+        self.results = []
+        self.threads = set()
+        self.destroyed = threading.Event()
+        self.router = EventRouter(self._on_event, self.destroyed.set)
+        out = ffi.new("sora_transform **")
+        expect(lib.sora_transform_create(ctx.ptr, self.router.callbacks, out), OK, "sora_transform_create")
+        self.ptr = out[0]
+
+    def _on_event(self, event) -> None:
+        info = ffi.new("sora_encoded_frame_info *")
+        rc_info = lib.sora_transform_frame_info(event.ref, info)
+        data = ffi.buffer(event.ptr, event.size)[:]
+        if self.strip and data.endswith(self.strip):
+            new = data[:-len(self.strip)]
+        else:
+            new = data + self.trailer if self.trailer else None
+        if new is None:
+            rc = lib.sora_transform_enqueue(self.ptr, event.ref, ffi.NULL, 0, info.rtp_timestamp)
+        else:
+            rc = lib.sora_transform_enqueue(self.ptr, event.ref, new, len(new), info.rtp_timestamp)
+        with self.lock:
+            self.threads.add(threading.get_ident())
+            self.results.append((rc_info, rc))
+            self.frames.append({"type": event.type, "direction": info.direction, "key": info.key_frame,
+                                "pt": info.payload_type, "ssrc": info.ssrc, "clock": info.clock_rate,
+                                "width": info.width, "height": info.height, "size": event.size,
+                                "mime": ffi.string(info.mime_type).decode(), "ends": data.endswith(self.strip)
+                                if self.strip else None, "event_key": event.i0, "event_dir": event.i1})
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.frames)
+
+
+def test_transforms_change_frames_between_encoder_and_decoder(ctx):
+    """A send transform appends 8 bytes to every VP8 frame; a receive transform finds and strips them; the sink
+    still decodes every frame at its size."""
+    trailer = b"TRAILER!"
+    send = Transform(ctx, trailer=trailer)
+    recv = Transform(ctx, strip=trailer)
+    video = video_source(ctx)
+    a, b = ctx.peer("receiver"), ctx.peer("sender")
+    expect(a.add_transceiver(b"video", lib.SORA_DIRECTION_RECVONLY, VP8_CAPS), OK, "video transceiver")
+    vp8 = codec_params(b"VP8", 96, 90000)
+
+    def attach():
+        expect(lib.sora_peer_set_send_transform(b.ptr, 0, send.ptr), OK, "set send transform")
+        expect(lib.sora_peer_attach_video_source(b.ptr, video, 0, vp8[0]), OK, "attach VP8")
+        expect(lib.sora_peer_set_direction(b.ptr, 0, SENDONLY), OK, "set_direction")
+
+    negotiate(a, b, attach)
+    pump = Pump(video)
+    try:
+        assert a.rec.wait_for(lambda evs: any(e.type == lib.SORA_EVENT_TRACK for e in evs)), "no track"
+        track = a.rec.of_type(lib.SORA_EVENT_TRACK)[0].i0
+        expect(lib.sora_peer_set_track_transform(a.ptr, track, recv.ptr), OK, "set track transform")
+        expect(lib.sora_peer_set_track_transform(a.ptr, track + 1000, recv.ptr), lib.SORA_ERR_NOT_FOUND, "unknown")
+        frames = Frames()
+        sink = make_sink(a, track, frames)
+        assert wait_until(lambda: frames.count >= 10 and recv.count() >= 10, 10), (frames.count, recv.count())
+    finally:
+        pump.stop()
+    expect(lib.sora_sink_destroy(sink), OK, "sink destroy")
+    assert {(w, h) for w, h, _ in frames.sizes} == {(160, 120)}
+    assert set(send.results) == {(OK, OK)} and set(recv.results) == {(OK, OK)}, (send.results, recv.results)
+    first = send.frames[0]
+    assert (first["direction"], first["key"], first["pt"], first["clock"], first["mime"]) == \
+        (lib.SORA_TRANSFORM_SENDER, 1, 96, 90000, "video/VP8")
+    assert (first["width"], first["height"]) == (160, 120) and first["ssrc"] != 0
+    assert (first["type"], first["event_key"], first["event_dir"]) == (lib.SORA_EVENT_ENCODED_FRAME, 1,
+                                                                       lib.SORA_TRANSFORM_SENDER)
+    assert all(f["direction"] == lib.SORA_TRANSFORM_RECEIVER and f["mime"] == "video/VP8" for f in recv.frames)
+    assert all(f["ends"] for f in recv.frames), "a received frame lacked the sender's trailer"
+    main = threading.get_ident()
+    assert main not in send.threads and len(send.threads) == 1 and len(recv.threads) == 1
+    for t in (send, recv):
+        expect(lib.sora_transform_destroy(t.ptr), OK, "transform destroy")
+        assert t.destroyed.wait(5), "the transform's on_destroy never ran"
+        expect(lib.sora_transform_destroy(t.ptr), lib.SORA_ERR_INVALID_STATE, "second destroy")
+
+
+def test_short_circuited_transform_passes_frames_without_events(ctx):
+    send = Transform(ctx, trailer=b"X")
+    expect(lib.sora_transform_short_circuit(send.ptr), OK, "short circuit")
+    video = video_source(ctx)
+    a, b = ctx.peer("receiver"), ctx.peer("sender")
+    expect(a.add_transceiver(b"video", lib.SORA_DIRECTION_RECVONLY, VP8_CAPS), OK, "video transceiver")
+    vp8 = codec_params(b"VP8", 96, 90000)
+
+    def attach():
+        expect(lib.sora_peer_set_send_transform(b.ptr, 0, send.ptr), OK, "set send transform")
+        expect(lib.sora_peer_attach_video_source(b.ptr, video, 0, vp8[0]), OK, "attach VP8")
+        expect(lib.sora_peer_set_direction(b.ptr, 0, SENDONLY), OK, "set_direction")
+
+    negotiate(a, b, attach)
+    pump = Pump(video)
+    try:
+        assert a.rec.wait_for(lambda evs: any(e.type == lib.SORA_EVENT_TRACK for e in evs)), "no track"
+        frames = Frames()
+        sink = make_sink(a, a.rec.of_type(lib.SORA_EVENT_TRACK)[0].i0, frames)
+        assert wait_until(lambda: frames.count >= 5, 10), frames.count
+    finally:
+        pump.stop()
+    expect(lib.sora_sink_destroy(sink), OK, "sink destroy")
+    assert send.count() == 0
+    assert lib.sora_transform_dropped(send.ptr) == 0
+
+
+def test_transform_left_to_the_context_is_destroyed_with_it():
+    from .conftest import Context
+
+    c = Context()
+    t = Transform(c)
+    c.destroy()
+    assert t.destroyed.wait(5), "context destroy did not destroy the transform"
