@@ -911,6 +911,75 @@ def _load_openh264(path: str) -> Optional[str]:
     return "%d.%d.%d" % (version.uMajor, version.uMinor, version.uRevision)
 
 
+def _mapped_openh264() -> List[str]:
+    """Real paths of the OpenH264 libraries mapped into this process."""
+    found = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split(None, 5)[5].strip() if len(line.split(None, 5)) == 6 else ""
+                if os.path.basename(path).startswith("libopenh264"):
+                    found.add(os.path.realpath(path))
+    except OSError:
+        pass
+    return sorted(found)
+
+
+def bind_openh264(path: str) -> bool:
+    """Make the engine's H.264 encoder (openh264enc) use the OpenH264 at ``path``; False if the engine has none.
+
+    The library is loaded first, so the engine's OpenH264 plugin binds to it (same soname); raises
+    ValueError when the engine ended up with another OpenH264 (another soname, or one loaded earlier).
+    """
+    _load_openh264(path)
+    probe = _resolve_probe()
+    if not probe("openh264enc"):
+        return False
+    wanted = _resolved_library(path)
+    mapped = _mapped_openh264()
+    others = [m for m in mapped if m != wanted]
+    if wanted not in mapped or others:
+        raise ValueError("OpenH264 %r cannot be used for sending: the engine's OpenH264 encoder uses %s (it needs "
+                         "a library with the soname libopenh264.so.7, loaded before any other OpenH264)"
+                         % (path, ", ".join(others) or "none"))
+    return True
+
+
+def _resolved_library(path: str) -> str:
+    if os.sep in path or os.path.exists(path):
+        return os.path.realpath(path)
+    for entry in _mapped_openh264():  # a bare soname: whatever the dynamic linker found
+        if os.path.basename(entry).startswith(path.split(".so")[0]):
+            return entry
+    return path
+
+
+def encoder_element_for(preference: Optional["SoraVideoCodecPreference"], openh264: Optional[str],
+                        codec_name: str) -> Optional[str]:
+    """The engine element that encodes ``codec_name`` for a ``Sora(openh264, video_codec_preference)``.
+
+    None means the engine default (INTERNAL). A preference's encoder for the codec wins; without one,
+    H.264 goes to OpenH264 when ``Sora(openh264=...)`` was given, as in the official SDK.
+    """
+    ctype = {"VP8": _Type.VP8, "VP9": _Type.VP9, "H264": _Type.H264, "H265": _Type.H265,
+             "AV1": _Type.AV1}.get(codec_name.upper())
+    if ctype is None:
+        return None
+    impl = None
+    if preference is not None:
+        for codec in preference.codecs:
+            if codec.type == ctype:
+                impl = codec.encoder
+                break
+    if impl is None and ctype == _Type.H264 and openh264:
+        impl = _Impl.CISCO_OPENH264
+    if impl is None or impl == _Impl.INTERNAL:
+        return None
+    if impl == _Impl.CISCO_OPENH264:
+        return "openh264enc" if ctype == _Type.H264 and openh264 else None
+    return select_element(impl, ctype, "encoder")
+
+
 def _probe_openh264(
     prober: _Prober, path: str, reasons: Dict[str, str]
 ) -> SoraVideoCodecCapability.Engine:

@@ -17,6 +17,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
+from . import codec as codec_mod
 from . import sdp as sdp_parser
 from .callbacks import CallbackProperty, invoke
 from . import stats as stats_mod
@@ -142,6 +143,7 @@ class SoraConnection:
         self._timers: List[threading.Timer] = []
         self._tracks: Dict[str, SoraMediaTrack] = {}
         self._transforms: List = []  # (transformer, engine transform) of the send branches
+        self._video_encoder: Optional[str] = None  # encoderImplementation when not the engine default
         self._loopback = all(_is_loopback_host(u) for u in options.signaling_urls)
         self._pending_candidates: List[str] = []
         self._answer_sent = False
@@ -557,6 +559,11 @@ class SoraConnection:
                                                   codec.payload_type, encodings, opts.video_bit_rate or 1000,
                                                   codec.fmtp, section.extmaps)
             elif section.kind == "video":
+                element = codec_mod.encoder_element_for(self._sora._video_codec_preference, self._sora._openh264,
+                                                        codec.name)
+                if element is not None:
+                    self._peer.set_video_encoder(codec.name.upper(), element)
+                    self._video_encoder = stats_mod.implementation_name(element)
                 self._peer.attach_video_source(source._handle, section.index, codec.name.upper(),
                                                codec.payload_type, opts.video_bit_rate or 1000, codec.fmtp)
             else:
@@ -823,6 +830,8 @@ class SoraConnection:
             extra["video"] = {"frameWidth": width, "frameHeight": height,
                               "targetBitrate": (opts.video_bit_rate or 1000) * 1000,
                               "qualityLimitationReason": "none"}
+            if self._video_encoder is not None:
+                extra["video"]["encoderImplementation"] = self._video_encoder
         if opts.audio_source is not None and opts.audio_bit_rate:
             extra["audio"] = {"targetBitrate": opts.audio_bit_rate * 1000}
         return stats_mod.to_w3c(raw, data_channels=self._channels.stats(), media_sources=sources,

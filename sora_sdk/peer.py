@@ -299,6 +299,12 @@ class Peer:
         with self._use() as ptr:
             check(lib.sora_peer_request_key_frame(ptr), "request key frame")
 
+    def set_video_encoder(self, codec: str, element: Optional[str]) -> None:
+        """Encode `codec` with engine element `element` in video branches attached later (None: default)."""
+        with self._use() as ptr:
+            check(lib.sora_peer_set_video_encoder(ptr, cstr(codec), cstr(element) if element else ffi.NULL),
+                  "set video encoder")
+
     # ---- encoded-frame transforms ----
     def set_send_transform(self, mline: int, transform) -> None:
         """Route the branch attached later at `mline` through an EngineTransform (None: none)."""

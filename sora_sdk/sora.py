@@ -47,6 +47,7 @@ class Sora:
             if not isinstance(openh264, str):
                 raise TypeError("openh264 must be a str path or None, got %s" % type(openh264).__name__)
             codec_mod._load_openh264(openh264)  # raises ValueError naming the path
+            codec_mod.bind_openh264(openh264)  # the engine's H.264 encoder uses this very library
         if video_codec_preference is not None and not isinstance(video_codec_preference,
                                                                  codec_mod.SoraVideoCodecPreference):
             raise TypeError("video_codec_preference must be a SoraVideoCodecPreference or None")

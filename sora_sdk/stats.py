@@ -48,6 +48,17 @@ def _certificate(cid: str, pem: str) -> Optional[dict]:
     }
 
 
+# What stats call the engine elements an application can choose (sora_peer_set_video_encoder).
+ELEMENT_IMPLEMENTATIONS = {"openh264enc": "OpenH264", "x264enc": "x264", "nvh264enc": "NVIDIA Video Codec SDK",
+                           "nvh265enc": "NVIDIA Video Codec SDK", "nvcudah264enc": "NVIDIA Video Codec SDK",
+                           "nvcudah265enc": "NVIDIA Video Codec SDK", "qsvh264enc": "Intel VPL",
+                           "qsvh265enc": "Intel VPL", "qsvvp9enc": "Intel VPL", "qsvav1enc": "Intel VPL"}
+
+
+def implementation_name(element: str) -> str:
+    return ELEMENT_IMPLEMENTATIONS.get(element, element)
+
+
 def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources: Iterable[dict] = (),
            outbound_extra: Optional[Dict[str, dict]] = None, ssrcs: Optional[Dict[int, dict]] = None,
            now_us: Optional[int] = None) -> List[dict]:

@@ -224,6 +224,8 @@ SORA_C_API int sora_peer_add_ice_candidate(sora_peer *peer, int32_t mline, const
 /* Send frames of `source` on the transceiver at `mline`, encoded as `params` says. */
 SORA_C_API int sora_peer_attach_video_source(sora_peer *peer, sora_video_source *source, int32_t mline,
                                              const sora_codec_params *params);
+/* Encode `codec` ("H264", ...) with engine element `element` ("openh264enc") in video branches attached later; NULL: the default. */
+SORA_C_API int sora_peer_set_video_encoder(sora_peer *peer, const char *codec, const char *element);
 /* Send samples of `source` on the transceiver at `mline`, encoded as `params` says. */
 SORA_C_API int sora_peer_attach_audio_source(sora_peer *peer, sora_audio_source *source, int32_t mline,
                                              const sora_codec_params *params);

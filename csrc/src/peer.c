@@ -40,6 +40,7 @@ struct sora_peer {
   gint64 next_track_id;
   gint mem_refs; /* the handle, plus one per sink/forward pointing here: the struct outlives them all */
   GHashTable *send_transforms; /* m-line -> sora_transform reference, for branches attached later; under lock */
+  GHashTable *encoders_by_codec; /* upper-case codec -> element factory name (sora_peer_set_video_encoder) */
 };
 
 GstElement *sora_peer_pipeline(sora_peer *peer) { return peer->pipeline; }
@@ -498,6 +499,7 @@ static void peer_release(sora_peer *peer) {
   g_mutex_clear(&peer->lock);
   g_rw_lock_clear(&peer->op_lock);
   g_hash_table_destroy(peer->send_transforms);
+  g_hash_table_destroy(peer->encoders_by_codec);
   g_free(peer->local_address);
   g_free(peer);
 }
@@ -522,6 +524,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   sora_handle_init(&peer->base, ctx, callbacks, peer_free);
   peer->mem_refs = 1;
   peer->send_transforms = g_hash_table_new_full(NULL, NULL, NULL, (GDestroyNotify)sora_transform_release);
+  peer->encoders_by_codec = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   g_mutex_init(&peer->lock);
   g_rw_lock_init(&peer->op_lock);
   peer->channels = g_ptr_array_new();
@@ -854,6 +857,40 @@ static int check_params(const sora_codec_params *p, int32_t mline) {
   return SORA_OK;
 }
 
+SORA_C_API int sora_peer_set_video_encoder(sora_peer *peer, const char *codec, const char *element) {
+  sora_clear_error();
+  if (!codec) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "codec is NULL");
+  int rc = sora_peer_enter(peer);
+  if (rc) return rc;
+  GstElementFactory *factory = element ? gst_element_factory_find(element) : NULL;
+  if (element && !factory) {
+    sora_peer_leave(peer);
+    return sora_fail(SORA_ERR_UNSUPPORTED, "no engine element %s", element);
+  }
+  if (factory && !gst_element_factory_list_is_type(factory, GST_ELEMENT_FACTORY_TYPE_VIDEO_ENCODER)) {
+    gst_object_unref(factory);
+    sora_peer_leave(peer);
+    return sora_fail(SORA_ERR_INVALID_ARGUMENT, "%s is not a video encoder", element);
+  }
+  if (factory) gst_object_unref(factory);
+  g_mutex_lock(&peer->lock);
+  if (element)
+    g_hash_table_replace(peer->encoders_by_codec, g_ascii_strup(codec, -1), g_strdup(element));
+  else
+    g_hash_table_remove(peer->encoders_by_codec, codec);
+  g_mutex_unlock(&peer->lock);
+  sora_peer_leave(peer);
+  return SORA_OK;
+}
+
+/* The element chosen for `encoding` with sora_peer_set_video_encoder (a new string), or NULL. */
+static char *chosen_encoder(sora_peer *peer, const char *encoding) {
+  g_mutex_lock(&peer->lock);
+  char *element = g_strdup(g_hash_table_lookup(peer->encoders_by_codec, encoding));
+  g_mutex_unlock(&peer->lock);
+  return element;
+}
+
 /* If the application set a transform for `mline`, put its point in `slots` (2 elements); returns how many. */
 static gint add_send_transform(sora_peer *peer, int32_t mline, const sora_codec_params *p, guint ssrc,
                                const char *kind, GstElement **slots) {
@@ -900,13 +937,27 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
     }
     if (pay) g_object_set(pay, "picture-id-mode", 2 /* 15-bit */, NULL);
   } else if (strcmp(encoding, "H264") == 0) {
-    enc = make("x264enc", missing);
+    char *chosen = chosen_encoder(peer, encoding);
+    gboolean openh264 = g_strcmp0(chosen, "openh264enc") == 0;
+    gboolean x264 = !chosen || g_strcmp0(chosen, "x264enc") == 0;
+    enc = make(chosen ? chosen : "x264enc", missing);
     filter = make("capsfilter", missing);
     pay = make("rtph264pay", missing);
-    if (enc)
-      gst_util_set_object_arg(G_OBJECT(enc), "tune", "zerolatency"),
-          gst_util_set_object_arg(G_OBJECT(enc), "speed-preset", "ultrafast"),
-          g_object_set(enc, "bitrate", kbps, "key-int-max", 3000, "threads", 1, NULL);
+    if (enc && openh264) {
+      /* Cisco's OpenH264 (loaded from the application's path): real-time, one thread, bitrate control. */
+      gst_util_set_object_arg(G_OBJECT(enc), "rate-control", "bitrate");
+      gst_util_set_object_arg(G_OBJECT(enc), "usage-type", "camera");
+      gst_util_set_object_arg(G_OBJECT(enc), "complexity", "low");
+      g_object_set(enc, "bitrate", (guint)(kbps * 1000), "max-bitrate", (guint)(kbps * 1500), "gop-size", 3000,
+                   "multi-thread", 1, "enable-frame-skip", FALSE, NULL);
+    } else if (enc && x264) {
+      gst_util_set_object_arg(G_OBJECT(enc), "tune", "zerolatency");
+      gst_util_set_object_arg(G_OBJECT(enc), "speed-preset", "ultrafast");
+      g_object_set(enc, "bitrate", kbps, "key-int-max", 3000, "threads", 1, NULL);
+    } else if (enc && g_object_class_find_property(G_OBJECT_GET_CLASS(enc), "bitrate")) {
+      g_object_set(enc, "bitrate", kbps, NULL); /* other encoders (nvh264enc, vah264enc, ...) count in kbit/s */
+    }
+    g_free(chosen);
     if (filter) {
       GstCaps *fc = gst_caps_from_string("video/x-h264,profile=constrained-baseline,stream-format=byte-stream");
       g_object_set(filter, "caps", fc, NULL);
