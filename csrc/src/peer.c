@@ -538,6 +538,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   if (cfg.stun_server) g_object_set(webrtc, "stun-server", cfg.stun_server, NULL);
   if (cfg.turn_server) g_object_set(webrtc, "turn-server", cfg.turn_server, NULL);
   gst_bin_add(GST_BIN(peer->pipeline), webrtc);
+  sora_rtcp_sent_attach(webrtc); /* RTCP counts in the stats ("sora-rtcp-sent") */
 
   GObject *ice = NULL, *again = NULL;
   g_object_get(webrtc, "ice-agent", &ice, NULL);
@@ -873,12 +874,14 @@ SORA_C_API int sora_peer_set_video_encoder(sora_peer *peer, const char *codec, c
     return sora_fail(SORA_ERR_INVALID_ARGUMENT, "%s is not a video encoder", element);
   }
   if (factory) gst_object_unref(factory);
+  char *key = g_ascii_strup(codec, -1);
   g_mutex_lock(&peer->lock);
   if (element)
-    g_hash_table_replace(peer->encoders_by_codec, g_ascii_strup(codec, -1), g_strdup(element));
+    g_hash_table_replace(peer->encoders_by_codec, key, g_strdup(element));
   else
-    g_hash_table_remove(peer->encoders_by_codec, codec);
+    g_hash_table_remove(peer->encoders_by_codec, key);
   g_mutex_unlock(&peer->lock);
+  if (!element) g_free(key);
   sora_peer_leave(peer);
   return SORA_OK;
 }
@@ -1277,6 +1280,11 @@ static int impl_sora_peer_get_stats(sora_peer *peer, char **json_out) {
     if (dtls) {
       gst_structure_set(all, "sora-dtls-transport", GST_TYPE_STRUCTURE, dtls, NULL);
       gst_structure_free(dtls);
+    }
+    GstStructure *rtcp = sora_rtcp_sent_stats(peer->webrtc);
+    if (rtcp) {
+      gst_structure_set(all, "sora-rtcp-sent", GST_TYPE_STRUCTURE, rtcp, NULL);
+      gst_structure_free(rtcp);
     }
     *json_out = sora_structure_to_json(all);
     gst_structure_free(all);
