@@ -53,21 +53,39 @@ class Context:
         call that passed the "closed?" check can never touch freed memory (PyPy runs
         finalizers on any thread, so a sink may be closed just as the Sora is closed).
         """
-        with self._lock:
-            if self._closed:
-                from .errors import SoraInvalidState
+        if not self._enter():
+            from .errors import SoraInvalidState
 
-                raise SoraInvalidState("the Sora instance is closed")
-            self._users += 1
-        self._depth.n = getattr(self._depth, "n", 0) + 1
+            raise SoraInvalidState("the Sora instance is closed")
         try:
             yield self._ptr
         finally:
-            self._depth.n -= 1
-            with self._lock:
-                self._users -= 1
-                if self._users == 0:
-                    self._idle.notify_all()
+            self._leave()
+
+    def call(self, fn, *args, closed=None):
+        """`fn(*args)` (a shim call on one of this context's handles) inside use(); `closed` without calling
+        it once the context is closed (it has then freed every handle)."""
+        if not self._enter():
+            return closed
+        try:
+            return fn(*args)
+        finally:
+            self._leave()
+
+    def _enter(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._users += 1
+        self._depth.n = getattr(self._depth, "n", 0) + 1
+        return True
+
+    def _leave(self) -> None:
+        self._depth.n -= 1
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._idle.notify_all()
 
     def post(self, fn) -> bool:
         """Run `fn()` on the dispatcher thread, after everything already queued."""

@@ -387,12 +387,8 @@ class Peer:
             if self._closed:
                 return
             self._closed = True
-            try:
-                with self._context.use():
-                    check(lib.sora_peer_destroy(self._ptr), "destroy peer")
-            except SoraInvalidState:
-                if not self._context.closed:
-                    raise  # else the context already destroyed every peer
+            # A closed context already destroyed every peer.
+            check(self._context.call(lib.sora_peer_destroy, self._ptr, closed=0), "destroy peer")
 
 
 class Forward:
@@ -412,9 +408,4 @@ class Forward:
             if self._closed:
                 return
             self._closed = True
-            try:
-                with self._context.use():
-                    check(lib.sora_forward_destroy(self._ptr), "stop forwarding")
-            except SoraInvalidState:
-                if not self._context.closed:
-                    raise
+            check(self._context.call(lib.sora_forward_destroy, self._ptr, closed=0), "stop forwarding")

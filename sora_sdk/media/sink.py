@@ -6,7 +6,6 @@ import threading
 from typing import Optional
 
 from .._ffi import EventRouter, check, ffi, lib
-from ..errors import SoraInvalidState
 
 log = logging.getLogger("sora_sdk")
 
@@ -32,24 +31,16 @@ class EngineSink:
 
     def dropped(self) -> int:
         with self._lock:
-            if self._closed or self._context.closed:
+            if self._closed:
                 return 0
-            try:
-                with self._context.use():
-                    return lib.sora_sink_dropped(self._ptr)
-            except SoraInvalidState:
-                return 0
+            return self._context.call(lib.sora_sink_dropped, self._ptr, closed=0)
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            try:
-                with self._context.use():
-                    rc = lib.sora_sink_destroy(self._ptr)
-            except SoraInvalidState:
-                return  # the context is closed: it stopped every sink
+            rc = self._context.call(lib.sora_sink_destroy, self._ptr, closed=0)  # a closed context stopped it
         if rc < 0:
             log.debug("sink destroy: %s", ffi.string(lib.sora_c_last_error()))
 

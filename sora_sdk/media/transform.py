@@ -64,11 +64,7 @@ class EngineTransform:
             if self._closed:
                 return
             self._closed = True
-            try:
-                with self._context.use():
-                    lib.sora_transform_destroy(self.ptr)
-            except SoraInvalidState:
-                pass  # the context is gone: nothing is delivered any more
+            self._context.call(lib.sora_transform_destroy, self.ptr)  # a closed context destroyed it already
 
 
 class SoraTransformableFrame:

@@ -7,7 +7,6 @@ from typing import Optional, Union
 import numpy as np
 
 from .._ffi import check, ffi, lib
-from ..errors import SoraInvalidState
 from .track import SoraTrackInterface, random_track_id
 
 
@@ -91,11 +90,7 @@ class SoraVideoSource(SoraTrackInterface):
                 width, height, ts_us), "on_captured_i420")
 
     def _frames(self) -> int:
-        try:
-            with self._context.use():
-                return lib.sora_video_source_frame_count(self._ptr)
-        except SoraInvalidState:
-            return 0
+        return self._context.call(lib.sora_video_source_frame_count, self._ptr, closed=0)
 
     def _media_source_stats(self) -> dict:
         width, height = self._size

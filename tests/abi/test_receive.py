@@ -182,12 +182,8 @@ class Transform:
             return len(self.frames)
 
 
-def test_transforms_change_frames_between_encoder_and_decoder(ctx):
-    """A send transform appends 8 bytes to every VP8 frame; a receive transform finds and strips them; the sink
-    still decodes every frame at its size."""
-    trailer = b"TRAILER!"
-    send = Transform(ctx, trailer=trailer)
-    recv = Transform(ctx, strip=trailer)
+def transformed_pair(ctx, send: Transform):
+    """A connected pair whose sender's VP8 branch goes through `send`; returns (receiver, sender, pump)."""
     video = video_source(ctx)
     a, b = ctx.peer("receiver"), ctx.peer("sender")
     expect(a.add_transceiver(b"video", lib.SORA_DIRECTION_RECVONLY, VP8_CAPS), OK, "video transceiver")
@@ -199,7 +195,16 @@ def test_transforms_change_frames_between_encoder_and_decoder(ctx):
         expect(lib.sora_peer_set_direction(b.ptr, 0, SENDONLY), OK, "set_direction")
 
     negotiate(a, b, attach)
-    pump = Pump(video)
+    return a, b, Pump(video)
+
+
+def test_transforms_change_frames_between_encoder_and_decoder(ctx):
+    """A send transform appends 8 bytes to every VP8 frame; a receive transform finds and strips them; the sink
+    still decodes every frame at its size."""
+    trailer = b"TRAILER!"
+    send = Transform(ctx, trailer=trailer)
+    recv = Transform(ctx, strip=trailer)
+    a, b, pump = transformed_pair(ctx, send)
     try:
         assert a.rec.wait_for(lambda evs: any(e.type == lib.SORA_EVENT_TRACK for e in evs)), "no track"
         track = a.rec.of_type(lib.SORA_EVENT_TRACK)[0].i0
@@ -232,18 +237,7 @@ def test_transforms_change_frames_between_encoder_and_decoder(ctx):
 def test_short_circuited_transform_passes_frames_without_events(ctx):
     send = Transform(ctx, trailer=b"X")
     expect(lib.sora_transform_short_circuit(send.ptr), OK, "short circuit")
-    video = video_source(ctx)
-    a, b = ctx.peer("receiver"), ctx.peer("sender")
-    expect(a.add_transceiver(b"video", lib.SORA_DIRECTION_RECVONLY, VP8_CAPS), OK, "video transceiver")
-    vp8 = codec_params(b"VP8", 96, 90000)
-
-    def attach():
-        expect(lib.sora_peer_set_send_transform(b.ptr, 0, send.ptr), OK, "set send transform")
-        expect(lib.sora_peer_attach_video_source(b.ptr, video, 0, vp8[0]), OK, "attach VP8")
-        expect(lib.sora_peer_set_direction(b.ptr, 0, SENDONLY), OK, "set_direction")
-
-    negotiate(a, b, attach)
-    pump = Pump(video)
+    a, b, pump = transformed_pair(ctx, send)
     try:
         assert a.rec.wait_for(lambda evs: any(e.type == lib.SORA_EVENT_TRACK for e in evs)), "no track"
         frames = Frames()
