@@ -273,7 +273,7 @@ def test_official_sendonly_reaches_server(env, codec):
 
 
 # --------------------------------------------------------------------------- 2. media both ways
-@pytest.mark.parametrize("codec,order", [("VP8", "sender-first"), ("VP9", "receiver-first")])
+@pytest.mark.parametrize("codec,order", [("VP8", "sender-first"), ("VP9", "receiver-first"), ("AV1", "sender-first")])
 def test_official_recvonly_decodes_our_media(env, ours, codec, order):
     channel = "ours-to-official-%s" % codec
     url = env.server.signaling_url
@@ -305,7 +305,7 @@ def test_official_recvonly_decodes_our_media(env, ours, codec, order):
     env.finish(client)
 
 
-@pytest.mark.parametrize("codec,order", [("VP8", "sender-first"), ("VP9", "receiver-first")])
+@pytest.mark.parametrize("codec,order", [("VP8", "sender-first"), ("VP9", "receiver-first"), ("AV1", "sender-first")])
 def test_our_recvonly_decodes_official_media(env, ours, codec, order):
     channel = "official-to-ours-%s" % codec
     url = env.server.signaling_url
