@@ -1,6 +1,7 @@
 # sora_sdk — build, test and demo entry points.
 #
-#   make setup            apt packages (vendor/debian-packages.txt) + .venv + .venv-pypy
+#   make setup            apt packages (vendor/debian-packages.txt) + .venv + .venv-pypy + web
+#   make web              sora-js-sdk (npm) into vendor/npm for the local server's /viewer/ page
 #   make build            build/libsora_c.so -> sora_sdk/libsora_c.so + cffi module
 #   make test             setup + build + pytest (CPython venv)
 #   make test PY=pypy3    the same suite under the PyPy venv
@@ -104,7 +105,7 @@ help:
 # ---------------------------------------------------------------------------
 # setup
 # ---------------------------------------------------------------------------
-setup: apt-packages $(addsuffix /$(STAMP),$(SETUP_VENVS))
+setup: apt-packages $(addsuffix /$(STAMP),$(SETUP_VENVS)) web
 	@echo "setup: ok ($(SETUP_VENVS))"
 
 # Runs every time but costs one dpkg-query when nothing is missing (works offline).
@@ -159,6 +160,35 @@ $(PYPY_VENV)/$(STAMP): Makefile $(EXTRA_REQS) | apt-packages
 	$(if $(EXTRA_REQS),$(PYPY_VENV)/bin/python -m pip install $(PIP_FLAGS) -r $(EXTRA_REQS))
 	$(PYPY_VENV)/bin/python -c 'import sys, numpy, cffi, pytest, pytest_timeout; assert sys.implementation.name == "pypy"; print("setup: $(PYPY_VENV): PyPy", sys.version.split()[0], "numpy", numpy.__version__, "cffi", cffi.__version__)'
 	@touch $@
+
+# ---------------------------------------------------------------------------
+# web: the npm package sora-js-sdk for the browser viewer that the local server
+# serves at /viewer/ (tests/test_browser_viewer.py drives it in Debian's
+# chromium). Staged in vendor/npm (git-ignored). Without npm (and no apt to get
+# Debian's npm) or without the registry this only warns: the viewer says so and
+# its test skips.
+# ---------------------------------------------------------------------------
+SORA_JS_SDK_VERSION ?= 2026.1.0
+WEB_DIR := vendor/npm
+NO_WEB  ?=
+
+.PHONY: web
+web:
+	@if [ -n "$(NO_WEB)" ]; then echo "web: NO_WEB set, not installing sora-js-sdk"; exit 0; fi; \
+	if grep -qs '"version": "$(SORA_JS_SDK_VERSION)"' $(WEB_DIR)/node_modules/sora-js-sdk/package.json; then \
+	    echo "web: sora-js-sdk $(SORA_JS_SDK_VERSION) is in $(WEB_DIR)"; exit 0; fi; \
+	if ! command -v npm >/dev/null && [ -z "$(SKIP_APT)" ] && command -v apt-get >/dev/null; then \
+	    echo "web: npm not found; installing Debian's npm"; \
+	    sudo=; if [ "$$(id -u)" != 0 ]; then sudo=sudo; fi; \
+	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 npm || true; \
+	fi; \
+	if ! command -v npm >/dev/null; then \
+	    echo "web: warning: npm not found; the viewer page has no sora-js-sdk (its test skips)"; exit 0; fi; \
+	mkdir -p $(WEB_DIR); \
+	if npm install --prefix $(WEB_DIR) --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
+	        sora-js-sdk@$(SORA_JS_SDK_VERSION); then \
+	    echo "web: sora-js-sdk $(SORA_JS_SDK_VERSION) installed in $(WEB_DIR)"; \
+	else echo "web: warning: npm install sora-js-sdk@$(SORA_JS_SDK_VERSION) failed (its test skips)"; fi
 
 # ---------------------------------------------------------------------------
 # build

@@ -3,6 +3,7 @@
 Prints ``signaling_url=...`` and ``api_url=...`` lines, then serves until
 SIGINT or SIGTERM.  With ``--tls`` the URLs are wss/https and the test CA's PEM
 is written to ``--ca-cert-out`` (when given) and announced as ``ca_cert=PATH``.
+The last line, ``viewer_url=...``, is the browser viewer page (see viewer.py).
 """
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def main(argv=None) -> int:
                         help="with --require-client-cert: write the client certificate PEM here")
     parser.add_argument("--client-key-out", default=None,
                         help="with --require-client-cert: write the client key PEM here (mode 0600)")
+    parser.add_argument("--sora-js-sdk", default=None, metavar="PATH",
+                        help="sora-js-sdk's dist/sora.js for the viewer page (default: $SORA_JS_SDK, "
+                             "else vendor/npm from `make web`)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.require_client_cert and not args.tls:
@@ -59,7 +63,8 @@ def main(argv=None) -> int:
     sora = LocalSora(host=args.host, port=args.port, secret=args.secret, signaling_key=args.signaling_key,
                      redirect_to=args.redirect_to, ping_interval=args.ping_interval,
                      video_codec_type=args.video_codec_type, ice_address=args.ice_address,
-                     tls=args.tls, require_client_cert=args.require_client_cert)
+                     tls=args.tls, require_client_cert=args.require_client_cert,
+                     sora_js_sdk=args.sora_js_sdk)
     try:
         sys.stdout.write("signaling_url=%s\n" % sora.signaling_url)
         sys.stdout.write("api_url=%s\n" % sora.api_url)
@@ -69,6 +74,7 @@ def main(argv=None) -> int:
             if path and data is not None:
                 _write_private(path, data)
                 sys.stdout.write("%s=%s\n" % (label, path))
+        sys.stdout.write("viewer_url=%s?channel_id=sora\n" % sora.viewer_url)
         sys.stdout.flush()
         while not stop.wait(0.5):
             pass

@@ -1,9 +1,9 @@
 """The local Sora-compatible server: listener, HTTP routing and the public `LocalSora` object.
 
-One TCP port serves both the signaling WebSocket (``GET /signaling`` with
-``Upgrade: websocket``) and the REST API (``POST /``). Each accepted socket
-gets its own thread; a WebSocket's thread then runs its Session for the whole
-life of the connection. All server peers live in one engine Context owned by
+One TCP port serves the signaling WebSocket (``GET /signaling`` with
+``Upgrade: websocket``), the REST API (``POST /``) and the browser viewer page
+(``GET /viewer/``, see viewer.py). Each accepted socket gets its own thread; a
+WebSocket's thread then runs its Session for the whole life of the connection. All server peers live in one engine Context owned by
 the server.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .. import websocket
 from ..context import Context
-from . import api
+from . import api, viewer
 from .channel import ChannelRegistry
 from .session import Session, encode_json
 
@@ -126,6 +126,8 @@ class LocalSora:
       names ``tls_hostnames``, by default 127.0.0.1, localhost and ``host``).
     * ``require_client_cert`` (with ``tls``): clients must present a certificate
       signed by the test CA; one is made for them (``client_cert`` / ``client_key``).
+    * ``sora_js_sdk``: path of sora-js-sdk's ``dist/sora.js`` for the browser viewer at
+      ``viewer_url`` (default: ``$SORA_JS_SDK``, else what ``make web`` put in ``vendor/npm``).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, secret=None,
@@ -136,7 +138,7 @@ class LocalSora:
                  ice_gathering_timeout: float = 5.0, connect_timeout: float = 10.0,
                  ice_address: Optional[str] = None, tls: bool = False,
                  require_client_cert: bool = False, tls_hostnames: Optional[Sequence[str]] = None,
-                 start: bool = True) -> None:
+                 sora_js_sdk: Optional[str] = None, start: bool = True) -> None:
         self.host = host
         self.secret = secret
         self.auth_hook = auth_hook
@@ -149,6 +151,7 @@ class LocalSora:
         self.ice_gathering_timeout = ice_gathering_timeout
         self.connect_timeout = connect_timeout
         self.ice_address = ice_address
+        self.sora_js_sdk = sora_js_sdk
         if require_client_cert and not tls:
             raise ValueError("require_client_cert needs tls=True")
         self.tls = bool(tls)
@@ -268,6 +271,11 @@ class LocalSora:
     @property
     def api_url(self) -> str:
         return "%s://%s:%d/" % ("https" if self.tls else "http", self._url_host(), self.port)
+
+    @property
+    def viewer_url(self) -> str:
+        """The browser viewer page (add ``?channel_id=...``); see `sora_sdk.testing.viewer`."""
+        return self.api_url + "viewer/"
 
     # ---- in-process API ----
     def connections(self, channel_id: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -463,6 +471,12 @@ class LocalSora:
                 self._sessions.discard(session)
 
     def _serve_http(self, sock: socket.socket, request) -> None:
+        path, _, query = request.path.partition("?")
+        if viewer.handles(request.method, path):
+            status, content_type, payload, headers = viewer.serve(path, query, self.sora_js_sdk)
+            self._respond_raw(sock, status, content_type, b"" if request.method == "HEAD" else payload,
+                              headers, length=len(payload))
+            return
         body = request.rest
         if request.headers.get("transfer-encoding"):
             self._respond(sock, 411, {"error_type": "LENGTH-REQUIRED", "message": "chunked bodies are not supported"})
@@ -486,15 +500,22 @@ class LocalSora:
         status, result = api.handle(self, request.method, request.headers, body[:length])
         self._respond(sock, status, result)
 
-    @staticmethod
-    def _respond(sock: socket.socket, status: int, result: Any) -> None:
+    @classmethod
+    def _respond(cls, sock: socket.socket, status: int, result: Any) -> None:
         try:
             payload = encode_json(result).encode("utf-8")
         except ValueError:
             status = 500
             payload = b'{"error_type":"INTERNAL-ERROR","message":"the result is not valid JSON"}'
-        head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                "Connection: close\r\n\r\n" % (status, http.client.responses.get(status, "Error"), len(payload)))
+        cls._respond_raw(sock, status, "application/json", payload)
+
+    @staticmethod
+    def _respond_raw(sock: socket.socket, status: int, content_type: str, payload: bytes,
+                     headers: Optional[Dict[str, str]] = None, length: Optional[int] = None) -> None:
+        extra = "".join("%s: %s\r\n" % item for item in (headers or {}).items())
+        head = ("HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s"
+                "Connection: close\r\n\r\n" % (status, http.client.responses.get(status, "Error"), content_type,
+                                               len(payload) if length is None else length, extra))
         try:
             sock.settimeout(10.0)
             sock.sendall(head.encode("latin-1") + payload)
