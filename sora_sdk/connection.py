@@ -22,7 +22,7 @@ from . import sdp as sdp_parser
 from .callbacks import CallbackProperty, invoke
 from . import stats as stats_mod
 from .datachannels import DataChannels
-from .enums import SoraSignalingDirection, SoraSignalingErrorCode, SoraSignalingType
+from .enums import SoraDegradationPreference, SoraSignalingDirection, SoraSignalingErrorCode, SoraSignalingType
 from .errors import SoraError, SoraInvalidArgument, SoraInvalidState
 from .media.track import SoraMediaTrack, random_track_id
 from .peer import Peer
@@ -534,6 +534,13 @@ class SoraConnection:
         encodings = offer.get("encodings") if offer.get("simulcast") is True else None
         mids = offer.get("mid") if isinstance(offer.get("mid"), dict) else {}
         simulcast_mid = mids.get("video") if isinstance(encodings, list) and encodings else None
+        if opts.video_source is not None:
+            # How the video gives way when the send bandwidth estimate is low; unset: libwebrtc's default for
+            # camera content (keep the frame rate, lower the resolution).
+            preference = opts.degradation_preference
+            if preference is None:
+                preference = SoraDegradationPreference.MAINTAIN_FRAMERATE
+            self._peer.set_degradation_preference(int(preference))
         done = set()
         for section in sections:
             if section.kind in done or section.kind not in ("audio", "video"):

@@ -305,6 +305,19 @@ class Peer:
             check(lib.sora_peer_set_video_encoder(ptr, cstr(codec), cstr(element) if element else ffi.NULL),
                   "set video encoder")
 
+    def set_degradation_preference(self, preference: int) -> None:
+        """How the video branches give way when the send bandwidth estimate is low: a
+        SoraDegradationPreference value (0 DISABLED: bitrate only, 1 MAINTAIN_FRAMERATE: lower the
+        resolution, 2 MAINTAIN_RESOLUTION: lower the frame rate, 3 BALANCED: both in turn)."""
+        with self._use() as ptr:
+            check(lib.sora_peer_set_degradation_preference(ptr, int(preference)), "set degradation preference")
+
+    def set_remb(self, bitrate_bps: int) -> None:
+        """Announce `bitrate_bps` as this peer's receive bandwidth to the remote senders (RTCP REMB about
+        every 250 ms); 0 stops."""
+        with self._use() as ptr:
+            check(lib.sora_peer_set_remb(ptr, int(bitrate_bps)), "set REMB")
+
     # ---- encoded-frame transforms ----
     def set_send_transform(self, mline: int, transform) -> None:
         """Route the branch attached later at `mline` through an EngineTransform (None: none)."""

@@ -157,6 +157,7 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
                         if codec is not None:
                             codecs_out[codec["id"]] = codec
                             entry["codecId"] = codec["id"]
+                _bandwidth_fields(item, entry)
                 rtx = repairs.get(item.get("ssrc"))
                 if rtx is not None:
                     entry["retransmittedPacketsSent"] = rtx.get("packets-sent", 0)
@@ -276,6 +277,22 @@ def _simulcast_fields(entry: dict, layer: dict) -> None:
     entry["targetBitrate"] = layer["bitrate"]
     if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
         entry["frameWidth"], entry["frameHeight"] = simulcast_layer_size(width, height, layer)
+
+
+def _bandwidth_fields(item: dict, entry: dict) -> None:
+    """What the engine's send bandwidth controller says of an outbound stream (csrc/src/bwe.c) replaces the
+    requested values: targetBitrate is the current estimate's share, qualityLimitationReason is "bandwidth"
+    while it limits the stream, frameWidth/frameHeight/framesPerSecond are what is encoded."""
+    if isinstance(item.get("sora-target-bitrate"), int):
+        entry["targetBitrate"] = item["sora-target-bitrate"]
+    if isinstance(item.get("sora-quality-limitation"), str):
+        entry["qualityLimitationReason"] = item["sora-quality-limitation"]
+    width, height = item.get("sora-frame-width"), item.get("sora-frame-height")
+    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+        entry["frameWidth"], entry["frameHeight"] = width, height
+    fps = item.get("sora-frames-per-second")
+    if isinstance(fps, (int, float)) and not isinstance(fps, bool):
+        entry["framesPerSecond"] = round(float(fps), 2)
 
 
 def _add_transport_state(entry: dict, dtls: dict) -> None:

@@ -241,6 +241,15 @@ SORA_C_API int sora_peer_send_data(sora_peer *peer, int32_t channel_id, const ui
 SORA_C_API int sora_peer_close_data_channel(sora_peer *peer, int32_t channel_id);
 /* Number of data channels of this peer that are open now. */
 SORA_C_API int sora_peer_open_data_channel_count(sora_peer *peer);
+/* ---- bandwidth adaptation (same numbers as SoraDegradationPreference) -- */
+#define SORA_DEGRADATION_DISABLED 0            /* adapt the bitrate only */
+#define SORA_DEGRADATION_MAINTAIN_FRAMERATE 1  /* also lower the resolution when the bandwidth is too low */
+#define SORA_DEGRADATION_MAINTAIN_RESOLUTION 2 /* also lower the frame rate when the bandwidth is too low */
+#define SORA_DEGRADATION_BALANCED 3            /* lower resolution and frame rate in turn */
+/* How this peer's video branches give way when the send bandwidth estimate is low (SORA_DEGRADATION_*; default DISABLED). */
+SORA_C_API int sora_peer_set_degradation_preference(sora_peer *peer, int32_t preference);
+/* Send RTCP REMB announcing `bitrate_bps` as this peer's receive bandwidth to the remote senders, about every 250 ms; 0 stops. */
+SORA_C_API int sora_peer_set_remb(sora_peer *peer, int64_t bitrate_bps);
 /* Collect statistics as a JSON array of engine stats objects. Blocks until the engine answers. */
 SORA_C_API int sora_peer_get_stats(sora_peer *peer, char **json_out);
 /* Stop media and close the connection; events already queued are still delivered. */

@@ -125,6 +125,12 @@ GstElement *sora_fwd_out_key_tee(sora_fwd_out *out);
 gboolean sora_fwd_out_process(sora_fwd_out *out, gpointer owner, GstBuffer **buf, gint payload_type,
                               GstElement **key_tee);
 
+/* ---- RTCP a peer sends (rtcpfb.c) ---- */
+/* Count the RTCP packets `webrtc` sends by kind (call once, right after creating it). */
+void sora_rtcp_sent_attach(GstElement *webrtc);
+/* The counts as a "sora-rtcp-sent" structure for the statistics (new), or NULL if not attached. */
+GstStructure *sora_rtcp_sent_stats(GstElement *webrtc);
+
 /* ---- frames handed to the application (receive.c, transform.c) ---- */
 /* Every `ref` of a frame event starts with this: sora_c_release calls `release`. */
 typedef struct sora_frame_head {
@@ -147,6 +153,35 @@ sora_transform *sora_transform_ref(sora_transform *t);
 /* Destroy every transform the application did not destroy (context destroy). */
 void sora_transform_destroy_all(sora_context *ctx);
 void sora_transform_release(sora_transform *t);
+
+/* ---- bandwidth estimation and degradation preference (bwe.c) ---- */
+typedef struct sora_bwe sora_bwe;
+/* The peer's controller (idle until a video branch or a REMB to send is registered). */
+sora_bwe *sora_bwe_new(GstElement *webrtc);
+/* Stop its thread and engine signal handlers (before the pipeline stops); free releases the rest (after). */
+void sora_bwe_stop(sora_bwe *bwe);
+void sora_bwe_free(sora_bwe *bwe);
+sora_bwe *sora_peer_bwe(sora_peer *peer);
+/* For a send branch of remote-offer m-line `mline`: add the offer's TWCC extmap and goog-remb feedback to
+ * `rtp_caps` and the TWCC extension to `payloader` (may be NULL); *limit_bps (may be NULL): the m-line's b=AS /
+ * b=TIAS in bit/s, 0 if none. Returns the TWCC extmap id or 0. */
+gint sora_bwe_prepare_send(GstElement *webrtc, int32_t mline, gint payload_type, GstCaps *rtp_caps,
+                           GstElement *payloader, guint *limit_bps);
+/* Add the TWCC header extension with `id` to a payloader. */
+void sora_bwe_add_twcc_extension(GstElement *payloader, gint id);
+/* A videoscale and a capsfilter for a branch's size adaptation (put them before the encoder); FALSE if missing. */
+gboolean sora_bwe_make_adapter(GString *missing, GstElement **scaler, GstElement **filter);
+/* Register a single-layer video branch: its encoder (set up for `bps`, adapted up to `bps` or `limit_bps` if
+ * lower and not 0), SSRC, and the scaler and filter from sora_bwe_make_adapter (or NULL: bitrate only). */
+void sora_bwe_add_video(sora_bwe *bwe, GstElement *encoder, guint32 ssrc, guint bps, guint limit_bps,
+                        GstElement *scaler, GstElement *scale_filter);
+/* Simulcast: a new group id, then each active layer with its priority (0 = first served) and the element
+ * where its frames enter (a layer left without bandwidth drops them there). */
+gint sora_bwe_new_group(sora_bwe *bwe);
+void sora_bwe_add_layer(sora_bwe *bwe, gint group, gint priority, GstElement *encoder, guint32 ssrc, guint max_bps,
+                        GstElement *input);
+/* Add the controller's fields to our outbound-rtp entries of a get-stats reply, and a "sora-bwe" entry. */
+void sora_bwe_annotate_stats(sora_bwe *bwe, GstStructure *all);
 
 /* ---- stats (stats.c) ---- */
 char *sora_structure_to_json(const GstStructure *s);

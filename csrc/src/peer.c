@@ -41,11 +41,14 @@ struct sora_peer {
   gint mem_refs; /* the handle, plus one per sink/forward pointing here: the struct outlives them all */
   GHashTable *send_transforms; /* m-line -> sora_transform reference, for branches attached later; under lock */
   GHashTable *encoders_by_codec; /* upper-case codec -> element factory name (sora_peer_set_video_encoder) */
+  sora_bwe *bwe;                 /* send bandwidth estimation (bwe.c); NULL once closed */
 };
 
 GstElement *sora_peer_pipeline(sora_peer *peer) { return peer->pipeline; }
 
 GstElement *sora_peer_webrtc(sora_peer *peer) { return peer->webrtc; }
+
+sora_bwe *sora_peer_bwe(sora_peer *peer) { return peer->bwe; }
 
 sora_context *sora_peer_context(sora_peer *peer) { return peer->base.ctx; }
 
@@ -500,6 +503,7 @@ static void peer_release(sora_peer *peer) {
   g_rw_lock_clear(&peer->op_lock);
   g_hash_table_destroy(peer->send_transforms);
   g_hash_table_destroy(peer->encoders_by_codec);
+  sora_bwe_free(peer->bwe);
   g_free(peer->local_address);
   g_free(peer);
 }
@@ -525,6 +529,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   peer->mem_refs = 1;
   peer->send_transforms = g_hash_table_new_full(NULL, NULL, NULL, (GDestroyNotify)sora_transform_release);
   peer->encoders_by_codec = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  peer->bwe = sora_bwe_new(webrtc);
   g_mutex_init(&peer->lock);
   g_rw_lock_init(&peer->op_lock);
   peer->channels = g_ptr_array_new();
@@ -615,7 +620,10 @@ SORA_C_API int sora_peer_close(sora_peer *peer) {
     if (slot->channel) g_signal_handlers_disconnect_matched(slot->channel, G_SIGNAL_MATCH_DATA, 0, 0, NULL, NULL,
                                                             g_object_get_data(G_OBJECT(slot->channel), "sora-ref"));
   }
+  sora_bwe_stop(peer->bwe);
   gst_element_set_state(peer->pipeline, GST_STATE_NULL);
+  sora_bwe_free(peer->bwe); /* after the streaming threads stopped: no RTCP handler runs any more */
+  peer->bwe = NULL;
   g_signal_handlers_disconnect_matched(peer->webrtc, G_SIGNAL_MATCH_DATA, 0, 0, NULL, NULL, peer);
   GstBus *bus = gst_pipeline_get_bus(GST_PIPELINE(peer->pipeline));
   gst_bus_set_sync_handler(bus, NULL, NULL, NULL);
@@ -1012,6 +1020,11 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
     return rc;
   }
   g_string_free(missing, TRUE);
+  /* Size adaptation (bwe.c, degradation preference); without videoscale the bitrate alone adapts. */
+  GstElement *scaler = NULL, *scale_filter = NULL;
+  GString *optional = g_string_new(NULL);
+  sora_bwe_make_adapter(optional, &scaler, &scale_filter);
+  g_string_free(optional, TRUE);
   g_object_set(src, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "max-buffers", (guint64)2,
                "block", FALSE, NULL);
   gst_util_set_object_arg(G_OBJECT(src), "leaky-type", "downstream");
@@ -1024,11 +1037,17 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
                                           "clock-rate", G_TYPE_INT, p->clock_rate > 0 ? p->clock_rate : 90000,
                                           "ssrc", G_TYPE_UINT, ssrc, NULL);
   g_free(encoding);
-  GstElement *chain[9];
+  guint limit_bps = 0; /* TWCC / REMB feedback, the offer's b=AS */
+  sora_bwe_prepare_send(peer->webrtc, mline, p->payload_type, rtp_caps, pay, &limit_bps);
+  GstElement *chain[12];
   gint n = 0;
   chain[n++] = src;
   chain[n++] = queue;
   chain[n++] = conv;
+  if (scaler) {
+    chain[n++] = scaler;
+    chain[n++] = scale_filter;
+  }
   if (rawfilter) chain[n++] = rawfilter;
   chain[n++] = enc;
   if (filter) chain[n++] = filter;
@@ -1044,6 +1063,7 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
     return rc;
   }
   peer->encoders = g_list_prepend(peer->encoders, gst_object_ref(enc));
+  sora_bwe_add_video(peer->bwe, enc, ssrc, kbps * 1000, limit_bps, scaler, scale_filter);
   sora_link *link = sora_link_video(source, peer, src, enc);
   if (!link) return sora_fail(SORA_ERR_INVALID_STATE, "video source is destroyed");
   g_mutex_lock(&peer->base.ctx->media_lock);
@@ -1286,6 +1306,7 @@ static int impl_sora_peer_get_stats(sora_peer *peer, char **json_out) {
       gst_structure_set(all, "sora-rtcp-sent", GST_TYPE_STRUCTURE, rtcp, NULL);
       gst_structure_free(rtcp);
     }
+    sora_bwe_annotate_stats(peer->bwe, all); /* targetBitrate, quality limitation, encoded size (bwe.c) */
     *json_out = sora_structure_to_json(all);
     gst_structure_free(all);
   }

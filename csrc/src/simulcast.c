@@ -391,6 +391,7 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   }
   gst_structure_set(st, "a-simulcast", G_TYPE_STRING, sim->str, NULL);
   g_string_free(sim, TRUE);
+  gint twcc_id = sora_bwe_prepare_send(sora_peer_webrtc(peer), mline, p->payload_type, rtp_caps, NULL, NULL);
 
   /* ---- funnel → caps → webrtcbin ---- */
   GstBin *bin = GST_BIN(sora_peer_pipeline(peer));
@@ -461,6 +462,8 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
 
   /* ---- one branch per active layer ---- */
   GList *encoders = NULL;
+  /* Bandwidth estimation serves the layers by bitrate, lowest first (bwe.c). */
+  gint bwe_group = sora_bwe_new_group(sora_peer_bwe(peer));
   for (gint i = 0; i < count && rc == SORA_OK; i++) {
     layer_plan *l = &plan[i];
     if (!l->active) continue;
@@ -485,6 +488,7 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
       unref_all(chain, 6);
       break;
     }
+    if (twcc_id) sora_bwe_add_twcc_extension(pay, twcc_id);
     gint n = 0;
     GstElement *linked[6];
     for (gint j = 0; j < 6; j++)
@@ -522,6 +526,10 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     gst_object_unref(qsink);
     for (gint j = n - 1; j >= 0; j--) gst_element_sync_state_with_parent(linked[j]);
     encoders = g_list_prepend(encoders, enc);
+    gint priority = 0;
+    for (gint j = 0; j < count; j++)
+      if (j != i && plan[j].active && (plan[j].bps < l->bps || (plan[j].bps == l->bps && j < i))) priority++;
+    sora_bwe_add_layer(sora_peer_bwe(peer), bwe_group, priority, enc, l->ssrc, l->bps, queue);
     if (r1 != GST_PAD_LINK_OK || r2 != GST_PAD_LINK_OK)
       rc = sora_fail(SORA_ERR_ENGINE, "cannot link simulcast layer %s (%d, %d)", l->rid, r1, r2);
   }

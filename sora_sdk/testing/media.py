@@ -32,6 +32,16 @@ client's webrtcbin tie each forwarded stream to its m-line (several m-lines
 share a payload type once a channel has several senders; without the SSRC the
 streams land on m-lines in arrival order).
 
+Bandwidth. The m-lines on which a connection sends are offered with the
+transport-wide-cc extmap (`receive_caps`): its packets carry transport-wide
+sequence numbers and the server peer's rtpsession answers with RTCP
+transport-cc feedback (counted in the peer's "sora-rtcp-sent" statistics), on
+which libwebrtc's bandwidth estimate runs; its video m-line carries
+``b=AS:<video_bit_rate>`` (`bandwidth_offer`, in re-offers too), which
+libwebrtc takes as its video send limit. Forwards drop every header extension
+(csrc/src/fwdout.c), so a sender's transport-wide numbers never reach receivers,
+whose m-lines negotiate none.
+
 All negotiation and forward work of one channel runs on one worker thread (the
 `_Serial` executor), so slots, peers and forwards are changed in one order.
 
@@ -47,11 +57,17 @@ from the rtp-stream-id header extension of its first packets
 (`Peer.track_rid`). A track of a simulcast sender without a rid is forwarded
 as a plain stream.
 
-A receiver's slot for a simulcast sender forwards **one** layer: the
-receiver's ``simulcast_rid`` (the reference does not name Sora's default;
-here it is ``r0``, for simulcast and non-simulcast receivers alike). If that
-layer is paused or not arriving (no packet for ``LAYER_TIMEOUT`` s) the nearest
-lower layer is forwarded, else the nearest higher one. Switching layers stops
+A receiver's slot for a simulcast sender forwards **one** layer: the one it
+requests. Reading of the reference (signaling.md §3, §11; the JS/iOS/Android
+SDKs): the connect's ``simulcast_request_rid`` (``"r0"``/``"r1"``/``"r2"``, or
+``"none"``: no video of simulcast senders; Sora's successor of
+``simulcast_rid``, which the SDKs deprecate in its favour) names the layer a
+receiver wants of every simulcast sender; it wins over ``simulcast_rid``; with
+neither the receiver gets ``r0`` (Sora's default; for simulcast and
+non-simulcast receivers alike). Changing it later (Sora's RequestSimulcastRid
+RPC/API) is not implemented. If that layer is paused or not arriving (no
+packet for ``LAYER_TIMEOUT`` s) the nearest lower layer is forwarded, else the
+nearest higher one. Switching layers stops
 the slot's forward and starts one from the other layer's track on the same
 m-line: the engine keeps the m-line's RTP stream (SSRC, sequence numbers and
 timestamps continue, see csrc/src/fwdout.c) and drops the new layer's packets
@@ -59,6 +75,20 @@ until its first key frame, so the receiver keeps one track whose picture
 changes size, without renegotiation. Key-frame requests of the receiver go to
 the layer being forwarded. The slot's announced SSRC (``a=ssrc``) is that of
 the first layer forwarded on it.
+
+Each change of the layer a receiver gets of a sender (the first choice, a
+fallback when a layer stops, the switch back up, a spotlight focus change, and
+``"none"``: forwarding stopped) is notified to it with ``simulcast.switched``
+(signaling.md §7; fields as the JS SDK's type): ``sender_connection_id``;
+``request_rid`` (what the receiver asked for: its request above, or the
+spotlight focus/unfocus rid that applies); ``current_rid`` and
+``previous_rid`` (``"none"`` before the first layer and while nothing is
+forwarded); ``trigger`` ``"receiver"`` when the receiver's own request decided
+it (its first choice when it joins) and ``"sender"`` when what a sender sends
+changed (its layers arrive, stop or come back, a new sender, a spotlight focus
+change); ``priority`` ``"lower"`` (a missing layer is replaced by a lower one
+first); ``auto_rids`` the sender's layers arriving now, lowest first (those
+the server picks from); ``rpc_rids`` ``[]`` (no RPC here).
 
 Spotlight. A receiver that connects with ``"spotlight": true`` (which also
 makes its own video simulcast) gets up to ``spotlight_number`` (default
@@ -122,6 +152,10 @@ DEFAULT_VIDEO_BIT_RATE = 1000  # kbps, shared by the default layers
 SCALES = (4.0, 2.0, 1.0)       # scaleResolutionDownBy of r0, r1, r2
 MID_EXTMAP_ID = 4
 RID_EXTMAP_ID = 10
+# Congestion feedback for senders (see receive_caps): transport-wide sequence numbers (extmap id 3,
+# as browsers use it; 4 and 10 are the simulcast ones) and RTCP transport-cc feedback.
+TWCC_EXTMAP_ID = 3
+TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 # A layer without a new packet for this long is not arriving; layers are checked every LAYER_POLL s.
 LAYER_TIMEOUT = 2.0
 LAYER_POLL = 0.5
@@ -161,6 +195,35 @@ def simulcast_caps(caps: str, encodings: List[Dict[str, Any]]) -> str:
     out += ',a-simulcast="recv %s"' % ";".join(("~" if e.get("active") is False else "") + e["rid"]
                                                for e in encodings)
     return out
+
+
+def receive_caps(caps: str) -> str:
+    """`caps` of a transceiver that receives a client's media: with the transport-wide-cc extmap.
+
+    A libwebrtc sender that negotiates it numbers its packets (all m-lines, BUNDLE) and runs its
+    delay-based bandwidth estimate on the server peer's RTCP transport-cc feedback (GStreamer's
+    rtpsession sends it once the negotiated caps carry the extmap); without feedback it stays near its
+    300 kbps start rate. ``a=rtcp-fb:<pt> transport-cc`` is in every webrtcbin offer already."""
+    return caps + ',extmap-%d=(string)"%s"' % (TWCC_EXTMAP_ID, TWCC_URI)
+
+
+def bandwidth_offer(session, sdp: str) -> str:
+    """`sdp` with ``b=AS:<video_bit_rate>`` on the connection's own video m-line when it sends video
+    with a bit rate: libwebrtc caps its video send rate (encoder and bandwidth estimate) at it."""
+    rate = getattr(session, "video_bit_rate", None)
+    if ("video" not in [kind for kind, _ in sent_kinds(session)] or not isinstance(rate, (int, float))
+            or isinstance(rate, bool) or rate < 1):
+        return sdp
+    head, sections = split_sections(sdp)
+    for section in sections:
+        if section_kind(section) != "video":
+            continue
+        # the first video m-line: the connection's own (its m-lines come before any slot)
+        section[:] = [line for line in section if not line.startswith("b=")]
+        at = next((i + 1 for i, line in enumerate(section) if line.startswith("c=")), 1)
+        section.insert(at, "b=AS:%d" % int(rate))
+        return join_sections(head, sections)
+    return sdp
 
 
 def pick_layer(order: List[str], available: List[str], wanted: str) -> Optional[str]:
@@ -345,7 +408,7 @@ class Slot:
     """
 
     __slots__ = ("sender_id", "kind", "codec", "caps", "payload_type", "track_label", "ssrc", "index",
-                 "mline", "mid", "state", "forward", "source", "rid", "started")
+                 "mline", "mid", "state", "forward", "source", "rid", "started", "notified")
 
     def __init__(self, sender_id: str, kind: str, codec: str, index: int, track_label: str,
                  ssrc: Optional[int]) -> None:
@@ -364,6 +427,7 @@ class Slot:
         self.source: Optional[int] = None  # the sender's engine track forwarded now
         self.rid: Optional[str] = None     # its simulcast layer (None: not simulcast)
         self.started = False               # a forward ran: the m-line's SSRC is fixed
+        self.notified = "none"             # the layer last notified (simulcast.switched)
 
     @property
     def live(self) -> bool:
@@ -640,7 +704,7 @@ class MediaRouter:
             else:
                 receiver = None
         if receiver is not None:
-            self._start_forwards(receiver)
+            self._start_forwards(receiver, trigger="receiver")  # its first choices: its own request
             self._reconcile(receiver)
         for other in others:
             self._reconcile(other)
@@ -803,17 +867,21 @@ class MediaRouter:
             if gained or lost:
                 self._start_forwards(receiver)
 
-    def _wanted_rid(self, session, sender: Sender) -> Optional[str]:
-        """(lock held) The layer `session` should get of `sender`'s video; None: none ("none")."""
+    def _requested_rid(self, session, sender: Sender) -> str:
+        """(lock held) The layer `session` asks for of `sender`'s video, "none" for none (module docstring)."""
         if session.spotlight:
             ranked = self._spotlight_ranked(session)
             focused = sender in ranked[:_spotlight_number(session)]
             if focused:
-                rid = session.spotlight_focus_rid or DEFAULT_SPOTLIGHT_FOCUS_RID
-            else:
-                rid = session.spotlight_unfocus_rid or DEFAULT_SPOTLIGHT_UNFOCUS_RID
-            return None if rid == "none" else rid
-        return getattr(session, "simulcast_rid", None) or DEFAULT_SIMULCAST_RID
+                return session.spotlight_focus_rid or DEFAULT_SPOTLIGHT_FOCUS_RID
+            return session.spotlight_unfocus_rid or DEFAULT_SPOTLIGHT_UNFOCUS_RID
+        return (getattr(session, "simulcast_request_rid", None) or getattr(session, "simulcast_rid", None)
+                or DEFAULT_SIMULCAST_RID)
+
+    def _wanted_rid(self, session, sender: Sender) -> Optional[str]:
+        """(lock held) The layer `session` should get of `sender`'s video; None: none ("none")."""
+        rid = self._requested_rid(session, sender)
+        return None if rid == "none" else rid
 
     def _slot_source(self, session, sender: Sender, kind: str) -> Optional[Tuple[int, Optional[str], Optional[int]]]:
         """(lock held) (engine track id, rid, SSRC) the slot of `session` for `sender`'s `kind` should forward now."""
@@ -945,7 +1013,8 @@ class MediaRouter:
         if not sdp:
             log.warning("local Sora: cannot create a re-offer for %s", session.connection_id)
             return
-        sdp = placeholder_offer(session, self._decorate(receiver, sdp))
+        # (b=AS again: a description without it lifts a libwebrtc sender's limit)
+        sdp = bandwidth_offer(session, placeholder_offer(session, self._decorate(receiver, sdp)))
         receiver.negotiating = True
         receiver.generation += 1
         receiver.re_offers += 1
@@ -984,9 +1053,10 @@ class MediaRouter:
             section[:] = kept
         return join_sections(head, sections)
 
-    def _start_forwards(self, receiver: Receiver) -> None:
+    def _start_forwards(self, receiver: Receiver, trigger: str = "sender") -> None:
         """Start (or switch) the forward of each negotiated slot to what it should carry now: the
-        sender's track, or for a simulcast sender the layer the receiver gets (see _slot_source)."""
+        sender's track, or for a simulcast sender the layer the receiver gets (see _slot_source);
+        a changed layer is notified (simulcast.switched, `trigger`: see the module docstring)."""
         dst = receiver.session
         announce = False
         for slot in list(receiver.slots):
@@ -994,27 +1064,52 @@ class MediaRouter:
                 continue
             with self._lock:
                 sender = self._senders.get(slot.sender_id)
-                source = self._slot_source(dst, sender, slot.kind) if sender is not None else None
-                first = sender.layer_with_ssrc(slot.ssrc) if sender is not None and not slot.started else None
             if sender is None or sender.session._ending or dst._ending:
                 continue
-            if source is None:
-                if slot.forward is not None and sender.layers:
-                    self._stop_forward(slot)  # spotlight "none"
-                continue
-            track_id, rid, ssrc = source
-            if slot.forward is not None and slot.source == track_id:
-                continue
-            if not slot.started and rid is not None and ssrc != slot.ssrc:
-                # The m-line's first forward fixes the SSRC the receiver sees: the one announced.
-                if first is not None:
-                    self._forward_slot(dst, slot, sender, *first)
-                elif ssrc is not None:
-                    slot.ssrc = ssrc
-                    announce = True
-            self._forward_slot(dst, slot, sender, track_id, rid)
+            announce = self._start_slot(dst, slot, sender) or announce
+            if slot.kind == "video" and sender.layers:
+                self._notify_switched(dst, slot, sender, trigger)
         if announce:
             self._reconcile(receiver, force=True)
+
+    def _start_slot(self, dst, slot: Slot, sender: Sender) -> bool:
+        """Bring one slot's forward in line; True if the slot's SSRC must be announced anew."""
+        with self._lock:
+            source = self._slot_source(dst, sender, slot.kind)
+            first = sender.layer_with_ssrc(slot.ssrc) if not slot.started else None
+        if source is None:
+            if slot.forward is not None and sender.layers:
+                self._stop_forward(slot)  # spotlight "none"
+            return False
+        track_id, rid, ssrc = source
+        if slot.forward is not None and slot.source == track_id:
+            return False
+        announce = False
+        if not slot.started and rid is not None and ssrc != slot.ssrc:
+            # The m-line's first forward fixes the SSRC the receiver sees: the one announced.
+            if first is not None:
+                self._forward_slot(dst, slot, sender, *first)
+            elif ssrc is not None:
+                slot.ssrc = ssrc
+                announce = True
+        self._forward_slot(dst, slot, sender, track_id, rid)
+        return announce
+
+    def _notify_switched(self, dst, slot: Slot, sender: Sender, trigger: str) -> None:
+        """Send `dst` simulcast.switched if the layer its slot forwards of `sender` changed."""
+        current = slot.rid if slot.forward is not None and slot.rid else "none"
+        if current == slot.notified:
+            return
+        previous, slot.notified = slot.notified, current
+        from .channel import timestamp  # (channel imports this module)
+
+        with self._lock:
+            requested = self._requested_rid(dst, sender)
+            auto = [rid for rid in sender.rid_order() if rid in sender.layers and rid not in sender.stale]
+        dst.send_notify({"type": "notify", "event_type": "simulcast.switched", "timestamp": timestamp(),
+                         "sender_connection_id": sender.session.connection_id, "priority": "lower",
+                         "trigger": trigger, "rpc_rids": [], "auto_rids": auto, "request_rid": requested,
+                         "current_rid": current, "previous_rid": previous})
 
     def _forward_slot(self, dst, slot: Slot, sender: Sender, track_id: int, rid: Optional[str]) -> None:
         switching = slot.forward is not None

@@ -27,7 +27,7 @@ from . import filters
 from .auth import AuthError, authenticate
 from .channel import new_id, timestamp
 from .media import AUDIO_CAPS, VIDEO_CAPS  # noqa: F401  (re-exported)
-from .media import own_media_mids, placeholder_answer, placeholder_offer
+from .media import bandwidth_offer, own_media_mids, placeholder_answer, placeholder_offer, receive_caps
 from .media import rid_ok as media_rid_ok
 from .media import session_encodings, simulcast_caps
 
@@ -107,6 +107,7 @@ class Session:
         # Simulcast / spotlight (see media.py): the receiver's choices, and what a sending
         # connection's offer asks of it ("encodings": the auth override or media.default_encodings).
         self.simulcast_rid: Optional[str] = None
+        self.simulcast_request_rid: Optional[str] = None  # "none"/"r0"/... (wins over simulcast_rid)
         self.simulcast_encodings: Optional[List[Dict[str, Any]]] = None
         self.encodings: Optional[List[Dict[str, Any]]] = None
         self.spotlight = False
@@ -170,6 +171,7 @@ class Session:
             "video_bit_rate": self.video_bit_rate,
             "simulcast": self.simulcast,
             "simulcast_rid": self.simulcast_rid,
+            "simulcast_request_rid": self.simulcast_request_rid,
             "spotlight": self.spotlight,
             "data_channel_signaling": self.data_channel_signaling,
             "ignore_disconnect_websocket": self.ignore_disconnect_websocket,
@@ -472,12 +474,18 @@ class Session:
         self.audio_codec_type = audio_codec.upper() if self.audio else None
 
     def _accept_simulcast_options(self, msg: Dict[str, Any]) -> None:
-        """simulcast_rid and the spotlight keys of a connect (signaling.md §3); bad values are refused."""
+        """simulcast_rid, simulcast_request_rid and the spotlight keys of a connect (signaling.md §3, media.py);
+        bad values are refused."""
         rid = msg.get("simulcast_rid")
         if rid is not None:
             if not media_rid_ok(rid):
                 raise Reject(CLOSE_BAD_MESSAGE, "INVALID-SIMULCAST-RID")
             self.simulcast_rid = rid
+        rid = msg.get("simulcast_request_rid")
+        if rid is not None:
+            if rid != "none" and not media_rid_ok(rid):
+                raise Reject(CLOSE_BAD_MESSAGE, "INVALID-SIMULCAST-REQUEST-RID")
+            self.simulcast_request_rid = rid
         self.spotlight = msg.get("spotlight") is True
         number = msg.get("spotlight_number")
         if number is not None:
@@ -535,11 +543,15 @@ class Session:
         channel = server.registry.channel(self.channel_id)
         try:
             own = 0
+            sending = direction == "recvonly"
             if self.audio:
-                peer.add_transceiver("audio", direction, AUDIO_CAPS[self.audio_codec_type])
+                caps = AUDIO_CAPS[self.audio_codec_type]
+                peer.add_transceiver("audio", direction, receive_caps(caps) if sending else caps)
                 own += 1
             if self.video:
                 caps = VIDEO_CAPS[self.video_codec_type]
+                if sending:
+                    caps = receive_caps(caps)  # congestion feedback to the sender (TWCC)
                 if direction == "recvonly" and self.simulcast:
                     # A simulcast sender: the video m-line receives one stream per rid (signaling.md §11).
                     self.encodings = session_encodings(self)
@@ -565,7 +577,7 @@ class Session:
                 self.placeholder_mids = own_media_mids(sdp, own)
             if channel is not None:
                 sdp = channel.media.decorate_offer(self, sdp)
-            sdp = placeholder_offer(self, sdp)
+            sdp = bandwidth_offer(self, placeholder_offer(self, sdp))
         except Exception as exc:
             log.error("session %s: cannot build the offer: %s", self.connection_id, exc)
             self.terminate(CLOSE_INTERNAL, "INTERNAL-ERROR")

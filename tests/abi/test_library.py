@@ -335,6 +335,9 @@ NULL_CALLS = [
      "lib.sora_peer_attach_video_simulcast(peer, vs, 0, NULL, ffi.NULL, 1)", INVALID_ARGUMENT, True),
     ("sora_peer_attach_video_simulcast(encodings=NULL)",
      "lib.sora_peer_attach_video_simulcast(peer, vs, 0, pv, NULL, 1)", INVALID_ARGUMENT, True),
+    ("sora_peer_set_degradation_preference(NULL)", "lib.sora_peer_set_degradation_preference(NULL, 1)",
+     INVALID_ARGUMENT, True),
+    ("sora_peer_set_remb(NULL)", "lib.sora_peer_set_remb(NULL, 300000)", INVALID_ARGUMENT, True),
     # NULL out-pointers and NULL arguments next to a valid handle
     ("sora_context_create(out=NULL)", "lib.sora_context_create(ctx_router.callbacks, NULL)",
      INVALID_ARGUMENT, True),

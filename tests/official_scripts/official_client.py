@@ -4,8 +4,10 @@
 
 Config keys: ``url``, ``connection`` (keyword arguments of
 ``Sora.create_connection`` other than the sources), ``send`` (optional:
-``{"width", "height", "fps", "colours": [[b,g,r],[b,g,r]], "tone", "audio", "video"}``
--- feed a ``SoraVideoSource`` / ``SoraAudioSource`` with numpy frames),
+``{"width", "height", "fps", "colours": [[b,g,r],[b,g,r]], "tone", "audio", "video", "noise"}``
+-- feed a ``SoraVideoSource`` / ``SoraAudioSource`` with numpy frames; ``"noise": n`` adds fresh
+random noise of +-n to every picture, like a camera's, so that the encoder spends every bit it is
+allowed: for bit-rate tests),
 ``recv`` (optional: ``{"audio_rate": 48000}`` -- attach sinks to remote tracks),
 ``max_seconds`` (hard limit: the client disconnects and exits by itself).
 
@@ -82,6 +84,13 @@ class Pump:
         self.frame = np.empty((self.height, self.width, 3), np.uint8)
         self.frame[:, : self.width // 2] = colours[0]
         self.frame[:, self.width // 2:] = colours[1]
+        self.noise = None
+        if spec.get("noise"):
+            amplitude = int(spec["noise"])
+            rng = np.random.default_rng(1)
+            base = self.frame.astype(np.int16)
+            self.noise = [np.clip(base + rng.integers(-amplitude, amplitude + 1, base.shape, dtype=np.int16),
+                                  0, 255).astype(np.uint8) for _ in range(24)]
         self.frames = 0
         self.chunks = 0
         self._stop = threading.Event()
@@ -103,7 +112,11 @@ class Pump:
                         self.audio.on_data(pcm)
                         samples += chunk
                         self.chunks += 1
-                if self.video is not None and now >= next_video:
+                if self.video is not None and now >= next_video and self.noise is not None:
+                    self.video.on_captured(self.noise[self.frames % len(self.noise)])
+                    self.frames += 1
+                    next_video = max(next_video + 1 / self.fps, now)
+                elif self.video is not None and now >= next_video:
                     x = (self.frames * 8) % (self.width - 32)
                     self.frame[: self.BAND] = 0
                     self.frame[8:40, x:x + 32] = 255
