@@ -95,9 +95,14 @@ makes its own video simulcast) gets up to ``spotlight_number`` (default
 ``DEFAULT_SPOTLIGHT_NUMBER`` = 1) *focused* senders at ``spotlight_focus_rid``
 (default ``r2``) and every other sender at ``spotlight_unfocus_rid`` (default
 ``r0``); ``"none"`` means that sender's video is not forwarded (its slot stays,
-silent). Focused are the senders earliest joined, except that
-`MediaRouter.spotlight_focus` (``LocalSora.spotlight_focus``) puts a sender
-first (``fixed``) and `MediaRouter.spotlight_unfocus` puts it last. Each change
+silent). Focused are the most recent speakers: while a channel has spotlight
+receivers, the server decodes each sender's audio (16 kHz mono) and a sender
+starts speaking when its level stays above ``SPEECH_RMS`` for ``SPEECH_RUN``
+buffers after at least ``SILENCE_GAP`` seconds of quiet; senders are ranked by
+when they last started speaking (a steady sound does not flap the order), then
+those that never spoke by join order. `MediaRouter.spotlight_focus`
+(``LocalSora.spotlight_focus``) puts a sender first (``fixed``) and
+`MediaRouter.spotlight_unfocus` puts it last. Each change
 of a receiver's focus set is notified to it (``spotlight.focused`` /
 ``spotlight.unfocused`` with channel_id, connection_id, client_id, audio,
 video, fixed) and switches the layers it gets. Audio, and the video of a
@@ -113,6 +118,10 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+
+from .._ffi import ffi, lib
+from ..media.sink import EngineSink
 from ..peer import SDES_MID, SDES_RID, Forward
 from .filters import forwarded
 
@@ -146,6 +155,9 @@ REOFFER_TIMEOUT = 10.0
 RIDS = ("r0", "r1", "r2")
 DEFAULT_SIMULCAST_RID = "r0"
 DEFAULT_SPOTLIGHT_NUMBER = 1
+SPEECH_RMS = 500.0   # int16 RMS (about -36 dBFS) that counts as voice
+SPEECH_RUN = 3       # consecutive 20 ms buffers of voice to start speaking
+SILENCE_GAP = 0.8    # seconds of quiet before a new start of speaking
 DEFAULT_SPOTLIGHT_FOCUS_RID = "r2"
 DEFAULT_SPOTLIGHT_UNFOCUS_RID = "r0"
 DEFAULT_VIDEO_BIT_RATE = 1000  # kbps, shared by the default layers
@@ -462,8 +474,12 @@ class Sender:
         self.layers: Dict[str, Tuple[int, Optional[int]]] = {}
         self.stale: set = set()                   # rids not arriving (LAYER_TIMEOUT)
         self.layer_packets: Dict[str, Tuple[int, float]] = {}  # rid -> (packets received, when they grew)
-        # Spotlight order set through the API: (0, -t) focused first, (2, t) unfocused last.
+        # Spotlight order set through the API: (0, -t) focused first, (3, t) unfocused last.
         self.spotlight_rank: Optional[Tuple[int, float]] = None
+        self.speech_start: Optional[float] = None  # when it last started speaking (spotlight)
+        self.last_voice = 0.0
+        self.voice_run = 0
+        self.meter = None  # EngineSink decoding its audio for the speaker detection
 
     def ready_kinds(self) -> List[Tuple[str, str]]:
         """(kind, codec) of the tracks receivers can be offered: their SSRC is known (from the
@@ -489,7 +505,11 @@ class Sender:
         return None
 
     def spotlight_key(self) -> Tuple[int, float]:
-        return self.spotlight_rank or (1, float(self.join_seq))
+        if self.spotlight_rank is not None:
+            return self.spotlight_rank
+        if self.speech_start is not None:
+            return (1, -self.speech_start)  # the most recent speaker first
+        return (2, float(self.join_seq))
 
     def track_label(self, kind: str) -> str:
         label = self.labels.get(kind)
@@ -646,7 +666,7 @@ class MediaRouter:
             sender = self._senders.get(connection_id)
             if sender is None:
                 return False
-            sender.spotlight_rank = (0, -time.monotonic()) if focus else (2, time.monotonic())
+            sender.spotlight_rank = (0, -time.monotonic()) if focus else (3, time.monotonic())
         self._worker.submit(self._update_spotlight)
         return True
 
@@ -728,6 +748,7 @@ class MediaRouter:
                     self._stop_forward(slot)
             self._reconcile(other)
         if sender is not None:
+            self._stop_meter(sender)
             self._update_spotlight()
 
     def _track(self, session, kind: str, track_id: int) -> None:
@@ -759,6 +780,10 @@ class MediaRouter:
                     if slot.sender_id == cid and slot.kind == kind:
                         self._stop_forward(slot)
             self._start_forwards(receiver)
+        if kind == "audio":
+            if replaced:
+                self._stop_meter(sender)
+            self._ensure_meters()
         self._reconcile_soon(session)
 
     def _layer_track(self, session, track_id: int) -> bool:
@@ -847,6 +872,7 @@ class MediaRouter:
 
     def _update_spotlight(self) -> None:
         """Notify each spotlight receiver whose focus set changed and switch its layers."""
+        self._ensure_meters()
         with self._lock:
             receivers = [r for r in self._receivers.values()
                          if r.joined and r.session.spotlight and not r.session._ending]
@@ -866,6 +892,46 @@ class MediaRouter:
                 receiver.session.send_notify(_spotlight_notify("spotlight.focused", receiver.session, sender))
             if gained or lost:
                 self._start_forwards(receiver)
+
+    def _ensure_meters(self) -> None:
+        """While the channel has spotlight receivers, decode each sender's audio for the speaker detection."""
+        with self._lock:
+            if not any(r.session.spotlight for r in self._receivers.values()):
+                return
+            todo = [s for s in self._senders.values()
+                    if s.meter is None and "audio" in s.tracks and not s.session._ending]
+        for sender in todo:
+            track_id = sender.tracks["audio"]
+            sender.meter = sender.session._peer_call(
+                "audio meter", lambda peer, s=sender: EngineSink(
+                    peer._context, peer, track_id, lib.SORA_SINK_AUDIO_S16,
+                    lambda event, s=s: self._on_level(s, event), capacity=10, sample_rate=16000, channels=1))
+
+    def _on_level(self, sender: Sender, event) -> None:
+        """A meter's sink thread: one decoded audio buffer of `sender`."""
+        try:
+            samples = np.frombuffer(ffi.buffer(event.ptr, event.size), dtype=np.int16).astype(np.float32)
+            rms = float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
+        finally:
+            lib.sora_c_release(event.ref)
+        if rms < SPEECH_RMS:
+            sender.voice_run = 0
+            return
+        sender.voice_run += 1
+        if sender.voice_run < SPEECH_RUN:
+            return
+        now = time.monotonic()
+        started = now - sender.last_voice > SILENCE_GAP
+        sender.last_voice = now
+        if started:
+            sender.speech_start = now
+            self._worker.submit(self._update_spotlight)
+
+    @staticmethod
+    def _stop_meter(sender: Sender) -> None:
+        meter, sender.meter = sender.meter, None
+        if meter is not None:
+            meter.close()
 
     def _requested_rid(self, session, sender: Sender) -> str:
         """(lock held) The layer `session` asks for of `sender`'s video, "none" for none (module docstring)."""
