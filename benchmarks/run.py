@@ -156,7 +156,7 @@ def main() -> int:
         sections += ["## Sending (%.0f s each, 30 fps target, 1 Mbit/s)" % SECONDS, "", table(sends), ""]
         dcs = [bench_data_channel(server, 100, 5000), bench_data_channel(server, 65536, 300)]
         sections += ["## Data channel `#` messages through the local server", "", table(dcs), ""]
-    sections += [sfu_fanout.report([1, 4], min(SECONDS, 6.0), 1000)]
+    sections += [sfu_fanout.report([1, 4, 16], min(SECONDS, 6.0), 1000)]
     text = "\n".join(sections)
     with open(RESULTS, "w", encoding="utf-8") as f:
         f.write(text + "\n")
