@@ -81,6 +81,8 @@ def _invalid_offer(message: dict) -> Optional[str]:
     """Why an offer cannot be used (the official SDK aborts the process on these), or None."""
     if not isinstance(message.get("sdp"), str):
         return "offer has no sdp string"
+    if "\x00" in message["sdp"]:
+        return "offer sdp contains a NUL character"
     if not isinstance(message.get("connection_id"), str):
         return "offer has no connection_id string"
     config = message.get("config")
@@ -582,8 +584,8 @@ class SoraConnection:
     def _handle_reoffer(self, via, text: str, message: dict) -> None:
         self._emit("on_signaling_message", via, RECEIVED, text)
         sdp = message.get("sdp")
-        if not isinstance(sdp, str):
-            self._malformed("a %s without an sdp string" % message.get("type"))
+        if not isinstance(sdp, str) or "\x00" in sdp:
+            self._malformed("a %s without an sdp string (or with a NUL character in it)" % message.get("type"))
             return
         answer_type = "update" if message.get("type") == "update" else "re-answer"
         try:

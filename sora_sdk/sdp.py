@@ -57,6 +57,11 @@ class MediaSection:
         return parts[1] if len(parts) > 1 else None
 
 
+def _number(text: str) -> Optional[int]:
+    """A decimal ASCII number, else None (str.isdigit() also accepts "²" and other digits int() refuses)."""
+    return int(text) if 0 < len(text) <= 18 and text.isascii() and text.isdigit() else None
+
+
 def parse(sdp: str) -> List[MediaSection]:
     """Parse the media sections of an SDP (lenient: unknown lines are skipped)."""
     sections: List[MediaSection] = []
@@ -65,7 +70,7 @@ def parse(sdp: str) -> List[MediaSection]:
         line = raw.strip()
         if line.startswith("m="):
             fields = line[2:].split()
-            pts = [int(f) for f in fields[3:] if f.isdigit()]
+            pts = [n for n in (_number(f) for f in fields[3:]) if n is not None]
             current = MediaSection(len(sections), fields[0] if fields else "", pts)
             sections.append(current)
         elif current is None or not line.startswith("a="):
@@ -80,31 +85,35 @@ def parse(sdp: str) -> List[MediaSection]:
             elif name == "msid":
                 current.msid = value
             elif name == "rid":
-                current.rids.append(value.split()[0])
+                if value.split():
+                    current.rids.append(value.split()[0])
             elif name == "extmap":
                 parts = value.split()
-                ext_id = parts[0].split("/")[0] if parts else ""
-                if len(parts) >= 2 and ext_id.isdigit():
-                    current.extmaps.setdefault(parts[1], int(ext_id))
+                ext_id = _number(parts[0].split("/")[0]) if parts else None
+                if len(parts) >= 2 and ext_id is not None:
+                    current.extmaps.setdefault(parts[1], ext_id)
             elif name == "ssrc":
-                head = value.split(" ", 1)[0]
-                if head.isdigit() and int(head) not in current.ssrcs:
-                    current.ssrcs.append(int(head))
+                head = _number(value.split(" ", 1)[0])
+                if head is not None and head not in current.ssrcs:
+                    current.ssrcs.append(head)
             elif name == "ssrc-group":
                 parts = value.split()
-                if len(parts) == 3 and parts[0] == "FID" and parts[1].isdigit() and parts[2].isdigit():
+                if len(parts) == 3 and parts[0] == "FID" and _number(parts[1]) is not None \
+                        and _number(parts[2]) is not None:
                     current.fid[int(parts[2])] = int(parts[1])
             elif name == "rtpmap":
                 pt_text, _, enc = value.partition(" ")
                 parts = enc.split("/")
-                if pt_text.isdigit() and parts and parts[0]:
-                    clock = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-                    channels = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 1
-                    current.codecs[int(pt_text)] = Codec(int(pt_text), parts[0], clock, channels)
+                pt = _number(pt_text)
+                if pt is not None and parts and parts[0]:
+                    clock = (_number(parts[1]) if len(parts) > 1 else None) or 0
+                    channels = (_number(parts[2]) if len(parts) > 2 else None) or 1
+                    current.codecs[pt] = Codec(pt, parts[0], clock, channels)
             elif name == "fmtp":
                 pt_text, _, params = value.partition(" ")
-                if pt_text.isdigit() and int(pt_text) in current.codecs:
-                    current.codecs[int(pt_text)].fmtp = params
+                pt = _number(pt_text)
+                if pt is not None and pt in current.codecs:
+                    current.codecs[pt].fmtp = params
     return sections
 
 
