@@ -359,7 +359,7 @@ class SoraConnection:
                 detail = "End of file" if isinstance(exc, WebSocketEOF) else (str(exc) or type(exc).__name__)
                 self._post(lambda: self._on_ws_eof(ws, detail))
                 return
-            self._post(lambda p=payload: self._on_ws_message(ws, p))
+            self._post(lambda p=payload: self._handle_server_input("a WebSocket message", self._on_ws_message, ws, p))
 
     def _close_ws_async(self, ws, abort: bool = False) -> None:
         if ws is None:
@@ -389,6 +389,17 @@ class SoraConnection:
                                              libwebrtc=self._identity["libwebrtc"],
                                              environment=self._identity["environment"], redirect=redirect)
         self._send_ws(text)
+
+    def _handle_server_input(self, what: str, handler, *args) -> None:
+        """Run a handler of server input: whatever it cannot handle ends the connection with INTERNAL_ERROR
+        (never an exception lost on the dispatcher thread and a connection left waiting)."""
+        try:
+            handler(*args)
+        except Exception as exc:
+            log.exception("could not handle %s", what)
+            if self._state != CLOSED:
+                self._finish(Code.INTERNAL_ERROR, "Failed to handle %s from the signaling server: %s: %s"
+                             % (what, type(exc).__name__, exc))
 
     def _on_ws_message(self, ws, payload: bytes) -> None:
         if ws is not self._ws or self._state == CLOSED:
@@ -652,7 +663,8 @@ class SoraConnection:
             if self._channels.listed(event.str0):
                 self._emit("on_data_channel", event.str0)
         elif name == "data-channel-message":
-            self._on_dc_message(event.i0, event.str0, event.data)
+            self._handle_server_input("a data channel message", self._on_dc_message, event.i0, event.str0,
+                                      event.data)
         elif name == "data-channel-close":
             self._channels.closed(event.i0)
             if self._state == CLOSING and self._closing_mode in ("dc", "dc-close") and \

@@ -61,21 +61,25 @@ def plan_simulcast(encodings: List[dict], bitrate_kbps: int = 0) -> List[dict]:
         scale = 2.0 ** (count - 1 - index)
         if enc.get("scaleResolutionDownBy") is not None:
             scale = _number(enc["scaleResolutionDownBy"], "scaleResolutionDownBy", rid)
-            if scale < 1.0:
-                raise SoraInvalidArgument("simulcast encoding %s: scaleResolutionDownBy must be >= 1" % rid)
+            if not 1.0 <= scale <= 1024.0:
+                raise SoraInvalidArgument("simulcast encoding %s: scaleResolutionDownBy must be 1..1024" % rid)
         max_width = max_height = 0
         down_to = enc.get("scaleResolutionDownTo")
         if isinstance(down_to, dict):
             max_width = int(_number(down_to.get("maxWidth", 0), "maxWidth", rid))
             max_height = int(_number(down_to.get("maxHeight", 0), "maxHeight", rid))
+            if max_width > 65535 or max_height > 65535:
+                raise SoraInvalidArgument("simulcast encoding %s: scaleResolutionDownTo is larger than 65535" % rid)
         layers.append({
             "rid": rid, "active": active is not False, "scale": scale, "max_width": max_width,
             "max_height": max_height,
-            "bitrate": int(_number(enc["maxBitrate"], "maxBitrate", rid)) if enc.get("maxBitrate") is not None else 0,
+            "bitrate": min(int(_number(enc["maxBitrate"], "maxBitrate", rid)), 2 ** 31 - 1)
+            if enc.get("maxBitrate") is not None else 0,
             "max_framerate": _number(enc["maxFramerate"], "maxFramerate", rid)
             if enc.get("maxFramerate") is not None else 0.0,
             "scalability_mode": enc.get("scalabilityMode") if isinstance(enc.get("scalabilityMode"), str) else None,
-            "ssrc": enc.get("ssrc") if isinstance(enc.get("ssrc"), int) else 0,
+            "ssrc": enc["ssrc"] if isinstance(enc.get("ssrc"), int) and not isinstance(enc["ssrc"], bool)
+            and 0 < enc["ssrc"] < 2 ** 32 else 0,
         })
     total = (bitrate_kbps if bitrate_kbps and bitrate_kbps > 0 else 1000) * 1000
     area = sum(1.0 / (l["scale"] * l["scale"]) for l in layers if l["active"] and not l["bitrate"])

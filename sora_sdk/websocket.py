@@ -707,7 +707,7 @@ def _open_proxy_tunnel(proxy_url: str, host: str, port: int, deadline: Optional[
         _send_blocking(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"), deadline)
         head, rest = _read_http_head(sock, deadline)
         start, _ = _parse_head(head)
-        status = int(start[1]) if len(start) > 1 and start[1].isdigit() else 0
+        status = int(start[1]) if len(start) > 1 and start[1].isascii() and start[1].isdigit() else 0
         if not 200 <= status < 300:
             raise HandshakeError("Proxy CONNECT failed: %s" % " ".join(start[1:]), status=status)
         if rest:
@@ -832,7 +832,7 @@ def _handshake_error(error: BaseException, url: str) -> BaseException:
 
 def _check_upgrade_response(head: bytes, key: str) -> Dict[str, str]:
     start, headers = _parse_head(head)
-    status = int(start[1]) if len(start) > 1 and start[1].isdigit() else 0
+    status = int(start[1]) if len(start) > 1 and start[1].isascii() and start[1].isdigit() else 0
     if status != 101:
         raise HandshakeError(_MSG_DECLINED, status=status)
     if "upgrade" not in headers:

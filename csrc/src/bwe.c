@@ -62,6 +62,10 @@ typedef struct {
   GMutex lock; /* the fields shared with the branch's probes */
   GstElement *encoder;       /* owned reference */
   GstElement *scale_filter;  /* owned reference or NULL (no size adaptation) */
+  /* The probes hold a stream reference and the stream holds the encoder (so its pads): the probes are
+   * removed when the controller is freed, or the branch would never be released. */
+  GstPad *probe_pads[2];     /* owned references */
+  gulong probe_ids[2];
   const char *prop;          /* the encoder's bitrate property */
   guint unit;                /* 1: the property counts bit/s, 1000: kbit/s */
   gboolean openh264;
@@ -502,15 +506,15 @@ static bwe_stream *add_stream(sora_bwe *bwe, GstElement *encoder, guint32 ssrc, 
   encoder_kind(s);
   if (input) {
     GstPad *pad = gst_element_get_static_pad(input, "sink");
-    gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, on_branch_input,
-                      stream_ref(s), stream_unref);
-    gst_object_unref(pad);
+    s->probe_ids[0] = gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM,
+                                        on_branch_input, stream_ref(s), stream_unref);
+    s->probe_pads[0] = pad;
   }
   GstPad *pad = gst_element_get_static_pad(encoder, "sink");
   if (pad) {
-    gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, on_encoder_input,
-                      stream_ref(s), stream_unref);
-    gst_object_unref(pad);
+    s->probe_ids[1] = gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM,
+                                        on_encoder_input, stream_ref(s), stream_unref);
+    s->probe_pads[1] = pad;
   }
   g_mutex_lock(&bwe->lock);
   g_ptr_array_add(bwe->streams, s);
@@ -1047,6 +1051,16 @@ void sora_bwe_free(sora_bwe *bwe) {
     if (bwe->session_elems[id]) gst_object_unref(bwe->session_elems[id]);
   }
   if (bwe->rtpbin) gst_object_unref(bwe->rtpbin);
+  for (guint i = 0; i < bwe->streams->len; i++) {
+    bwe_stream *s = g_ptr_array_index(bwe->streams, i);
+    for (guint j = 0; j < G_N_ELEMENTS(s->probe_pads); j++) {
+      GstPad *pad = s->probe_pads[j];
+      s->probe_pads[j] = NULL;
+      if (!pad) continue;
+      if (s->probe_ids[j]) gst_pad_remove_probe(pad, s->probe_ids[j]); /* drops the probe's stream reference */
+      gst_object_unref(pad);
+    }
+  }
   g_ptr_array_unref(bwe->streams);
   g_mutex_clear(&bwe->lock);
   g_cond_clear(&bwe->cond);
