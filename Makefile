@@ -250,6 +250,15 @@ PYTEST_TIMEOUT ?= 300
 test: setup build
 	$(VENVPY) -m pytest -v --timeout=$(PYTEST_TIMEOUT) $(ARGS) $(TESTS)
 
+# Reliability suite (tests/reliability/, issue 5): fuzz, leaks/lifetime, faults, load. Not part of `make test`
+# (its files are named check_*.py). Writes benchmarks/RELIABILITY.md (RELIABILITY-pypy.md with PY=pypy3).
+# Knobs (environment): RELIABILITY_LOAD_SECONDS (120), RELIABILITY_CYCLES (1000), RELIABILITY_FUZZ_SCALE (1).
+RELIABILITY_REPORT ?= benchmarks/RELIABILITY$(if $(findstring pypy,$(VENV)),-pypy).md
+RELIABILITY_TIMEOUT ?= 1200
+.PHONY: test-reliability
+test-reliability: setup build
+	RELIABILITY_REPORT=$(RELIABILITY_REPORT) $(VENVPY) -m pytest -v --timeout=$(RELIABILITY_TIMEOUT) $(ARGS) tests/reliability
+
 demo: setup build
 	$(VENVPY) -m sora_sdk.demo $(ARGS)
 

@@ -599,6 +599,10 @@ class SoraConnection:
             self._malformed("a %s without an sdp string (or with a NUL character in it)" % message.get("type"))
             return
         answer_type = "update" if message.get("type") == "update" else "re-answer"
+        problem = self._reoffer_problem(sdp)
+        if problem is not None:
+            self._malformed("a %s that %s" % (message.get("type"), problem))
+            return
         try:
             self._peer.set_remote_description("offer", sdp)
             self._announce_tracks(sdp_parser.parse(sdp))
@@ -729,10 +733,27 @@ class SoraConnection:
             reports = self._stats_reports(self._peer)
             self._send_dc("stats", json.dumps({"type": "stats", "reports": reports}, separators=(",", ":")))
 
+    def _reoffer_problem(self, sdp: str) -> Optional[str]:
+        """Why a re-offer cannot follow the current session (webrtcbin asserts on some), or None."""
+        if "\x00" in sdp:
+            return "has a NUL character in its sdp"
+        old = sdp_parser.parse(self._descriptions[0]) if self._descriptions[0] else []
+        new = sdp_parser.parse(sdp)
+        if len(new) < len(old):
+            return "removes m-lines (%d, was %d)" % (len(new), len(old))
+        for before, after in zip(old, new):
+            if before.mid is not None and after.mid != before.mid:
+                return "changes the mid of m-line %d (%r, was %r)" % (before.index, after.mid, before.mid)
+        return None
+
     def _handle_reoffer_dc(self, text: str, message: dict) -> None:
         sdp = message.get("sdp")
         if not isinstance(sdp, str):
             log.warning("dropped a re-offer without sdp on the signaling data channel")
+            return
+        problem = self._reoffer_problem(sdp)
+        if problem is not None:
+            self._malformed("a re-offer that %s" % problem)
             return
         try:
             self._peer.set_remote_description("offer", sdp)
