@@ -600,8 +600,8 @@ class SoraConnection:
             return
         answer_type = "update" if message.get("type") == "update" else "re-answer"
         problem = self._reoffer_problem(sdp)
-        if problem is not None:
-            self._malformed("a %s that %s" % (message.get("type"), problem))
+        if problem is not None:  # libwebrtc refuses these in SetRemoteDescription too
+            self._fail_internal(Code.ICE_FAILED, "Failed to apply %s: it %s" % (message.get("type"), problem))
             return
         try:
             self._peer.set_remote_description("offer", sdp)
@@ -735,8 +735,6 @@ class SoraConnection:
 
     def _reoffer_problem(self, sdp: str) -> Optional[str]:
         """Why a re-offer cannot follow the current session (webrtcbin asserts on some), or None."""
-        if "\x00" in sdp:
-            return "has a NUL character in its sdp"
         old = sdp_parser.parse(self._descriptions[0]) if self._descriptions[0] else []
         new = sdp_parser.parse(sdp)
         if len(new) < len(old):
@@ -751,9 +749,12 @@ class SoraConnection:
         if not isinstance(sdp, str):
             log.warning("dropped a re-offer without sdp on the signaling data channel")
             return
+        if "\x00" in sdp:
+            self._malformed("a re-offer with a NUL character in its sdp")
+            return
         problem = self._reoffer_problem(sdp)
         if problem is not None:
-            self._malformed("a re-offer that %s" % problem)
+            self._fail_internal(Code.ICE_FAILED, "Failed to apply re-offer: it %s" % problem)
             return
         try:
             self._peer.set_remote_description("offer", sdp)
