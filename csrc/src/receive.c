@@ -389,6 +389,18 @@ struct sora_forward {
   sora_peer *src, *dst; /* src: a memory reference until sora_forward_destroy; dst: not used after create */
 };
 
+/* The m-line of a webrtcbin sink pad's transceiver, or -1. */
+static gint pad_mline(GstPad *pad) {
+  GstWebRTCRTPTransceiver *trans = NULL;
+  if (g_object_class_find_property(G_OBJECT_GET_CLASS(pad), "transceiver"))
+    g_object_get(pad, "transceiver", &trans, NULL);
+  if (!trans) return -1;
+  guint index = G_MAXUINT;
+  g_object_get(trans, "mlineindex", &index, NULL);
+  gst_object_unref(trans);
+  return index == G_MAXUINT ? -1 : (gint)index;
+}
+
 /* The existing, unlinked sink pad of the transceiver at `mline`, if webrtcbin already made one. */
 static GstPad *sink_pad_for_mline(GstElement *webrtc, gint mline) {
   GstPad *found = NULL;
@@ -396,15 +408,7 @@ static GstPad *sink_pad_for_mline(GstElement *webrtc, gint mline) {
   GValue item = G_VALUE_INIT;
   while (!found && gst_iterator_next(it, &item) == GST_ITERATOR_OK) {
     GstPad *pad = g_value_get_object(&item);
-    GstWebRTCRTPTransceiver *trans = NULL;
-    if (g_object_class_find_property(G_OBJECT_GET_CLASS(pad), "transceiver"))
-      g_object_get(pad, "transceiver", &trans, NULL);
-    if (trans) {
-      guint index = G_MAXUINT;
-      g_object_get(trans, "mlineindex", &index, NULL);
-      if ((gint)index == mline && !gst_pad_is_linked(pad)) found = gst_object_ref(pad);
-      gst_object_unref(trans);
-    }
+    if (pad_mline(pad) == mline && !gst_pad_is_linked(pad)) found = gst_object_ref(pad);
     g_value_reset(&item);
   }
   g_value_unset(&item);
@@ -429,15 +433,7 @@ static GstElement *reusable_appsrc(GstElement *webrtc, gint mline, sora_fwd_out 
   GValue item = G_VALUE_INIT;
   while (!found && gst_iterator_next(it, &item) == GST_ITERATOR_OK) {
     GstPad *pad = g_value_get_object(&item);
-    GstWebRTCRTPTransceiver *trans = NULL;
-    if (g_object_class_find_property(G_OBJECT_GET_CLASS(pad), "transceiver"))
-      g_object_get(pad, "transceiver", &trans, NULL);
-    guint index = G_MAXUINT;
-    if (trans) {
-      g_object_get(trans, "mlineindex", &index, NULL);
-      gst_object_unref(trans);
-    }
-    GstPad *peer = (gint)index == mline ? gst_pad_get_peer(pad) : NULL;
+    GstPad *peer = pad_mline(pad) == mline ? gst_pad_get_peer(pad) : NULL;
     GstElement *element = peer ? gst_pad_get_parent_element(peer) : NULL;
     sora_fwd_out *o = element ? g_object_get_qdata(G_OBJECT(element), fwd_out_quark()) : NULL;
     if (o && sora_fwd_out_is_free(o)) {
