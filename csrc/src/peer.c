@@ -567,6 +567,12 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
     if (g_object_class_find_property(G_OBJECT_GET_CLASS(ice), "agent")) g_object_get(ice, "agent", &agent, NULL);
     if (agent) {
       if (g_object_class_find_property(G_OBJECT_GET_CLASS(agent), "upnp")) g_object_set(agent, "upnp", FALSE, NULL);
+      /* Keepalives as binding requests that need an answer (RFC 7675 consent checks, as libwebrtc
+       * sends): when a tick's request times out and no media came in meanwhile, libnice fails the
+       * component, so a media path that dies mid-call ends as ICE/peer-connection "failed". */
+      GParamSpec *spec = g_object_class_find_property(G_OBJECT_GET_CLASS(agent), "keepalive-conncheck");
+      if (spec && (spec->flags & G_PARAM_WRITABLE) && !(spec->flags & G_PARAM_CONSTRUCT_ONLY))
+        g_object_set(agent, "keepalive-conncheck", TRUE, NULL);
       g_object_unref(agent);
     }
   }
