@@ -69,6 +69,13 @@ typedef struct {
   const char *prop;          /* the encoder's bitrate property */
   guint unit;                /* 1: the property counts bit/s, 1000: kbit/s */
   gboolean openh264;
+  /* x264enc adds a frame of delay when its caps say "variable frame rate" (0/1, as our sources do), so its
+   * caps carry a nominal rate instead: the rate measured at its input, updated when it moves by > 15 %. */
+  gboolean cfr;
+  gint cfr_fps;           /* (lock) the nominal rate the encoder was given */
+  gboolean cfr_pending;   /* (lock) send the encoder caps with the new cfr_fps before its next frame */
+  gint cfr_votes;         /* controller only: seconds in a row the measured rate was off */
+  GstCaps *cfr_caps;      /* (lock) the encoder's current caps, or NULL */
   guint32 ssrc;
   guint max_bps;
   gint group, layer; /* simulcast: group id (> 0) and position (0 = lowest); 0, 0 for a single branch */
@@ -98,6 +105,7 @@ static void stream_unref(gpointer data) {
   if (!g_atomic_int_dec_and_test(&s->refs)) return;
   gst_object_unref(s->encoder);
   if (s->scale_filter) gst_object_unref(s->scale_filter);
+  if (s->cfr_caps) gst_caps_unref(s->cfr_caps);
   g_mutex_clear(&s->lock);
   g_free(s);
 }
@@ -396,25 +404,73 @@ static GstPadProbeReturn on_branch_input(GstPad *pad, GstPadProbeInfo *info, gpo
   return GST_PAD_PROBE_OK;
 }
 
-/* The encoder's input: the encoded size and frame count. */
+/* `caps` (new) with framerate fps/1. */
+static GstCaps *caps_with_rate(const GstCaps *caps, gint fps) {
+  GstCaps *out = gst_caps_copy(caps);
+  gst_caps_set_simple(out, "framerate", GST_TYPE_FRACTION, fps, 1, NULL);
+  return out;
+}
+
+/* The encoder's input: the encoded size and frame count; x264enc's nominal frame rate (see cfr). */
 static GstPadProbeReturn on_encoder_input(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
-  (void)pad;
   bwe_stream *s = data;
   if (info->type & GST_PAD_PROBE_TYPE_BUFFER) {
+    GstCaps *update = NULL;
     g_mutex_lock(&s->lock);
     s->out_frames++;
+    if (s->cfr_pending && s->cfr_caps) update = caps_with_rate(s->cfr_caps, s->cfr_fps);
+    s->cfr_pending = FALSE;
     g_mutex_unlock(&s->lock);
+    if (update) {
+      /* a streaming-thread event, in order before this frame (the pad's stream lock is recursive) */
+      gst_pad_send_event(pad, gst_event_new_caps(update));
+      gst_caps_unref(update);
+    }
     return GST_PAD_PROBE_OK;
   }
   GstEvent *event = GST_PAD_PROBE_INFO_EVENT(info);
+  if (GST_EVENT_TYPE(event) != GST_EVENT_CAPS) return GST_PAD_PROBE_OK;
   gint w, h;
-  if (GST_EVENT_TYPE(event) == GST_EVENT_CAPS && caps_size(event, &w, &h)) {
-    g_mutex_lock(&s->lock);
+  g_mutex_lock(&s->lock);
+  if (caps_size(event, &w, &h)) {
     s->enc_w = w;
     s->enc_h = h;
-    g_mutex_unlock(&s->lock);
   }
+  if (s->cfr) {
+    GstCaps *caps = NULL;
+    gst_event_parse_caps(event, &caps);
+    const GstStructure *st = caps && gst_caps_get_size(caps) ? gst_caps_get_structure(caps, 0) : NULL;
+    gint num = 0, den = 1;
+    if (st && (!gst_structure_get_fraction(st, "framerate", &num, &den) || num <= 0 || den <= 0)) {
+      GstCaps *fixed = caps_with_rate(caps, s->cfr_fps);
+      GST_PAD_PROBE_INFO_DATA(info) = gst_event_new_caps(fixed);
+      gst_event_unref(event);
+      if (s->cfr_caps) gst_caps_unref(s->cfr_caps);
+      s->cfr_caps = fixed;
+    } else if (caps) {
+      if (s->cfr_caps) gst_caps_unref(s->cfr_caps);
+      s->cfr_caps = gst_caps_ref(caps);
+    }
+  }
+  g_mutex_unlock(&s->lock);
   return GST_PAD_PROBE_OK;
+}
+
+/* Controller, once a second: move x264enc's nominal rate to the measured one after 2 s off by > 15 %. */
+static void follow_frame_rate(bwe_stream *s) {
+  if (!s->cfr || s->out_fps < 0.5) return;
+  g_mutex_lock(&s->lock);
+  double ratio = s->out_fps / s->cfr_fps;
+  s->cfr_votes = ratio < 0.85 || ratio > 1.15 ? s->cfr_votes + 1 : 0;
+  if (s->cfr_votes >= 2) {
+    gint fps = (gint)CLAMP(lround(s->out_fps), 1, 120);
+    s->cfr_votes = 0;
+    if (fps != s->cfr_fps) {
+      s->cfr_fps = fps;
+      s->cfr_pending = TRUE;
+    }
+  }
+  g_mutex_unlock(&s->lock);
 }
 
 /* ---- encoders ----------------------------------------------------------------------- */
@@ -466,6 +522,9 @@ static void encoder_kind(bwe_stream *s) {
   } else if (!strcmp(name, "openh264enc")) {
     s->unit = 1;
     s->openh264 = TRUE;
+  } else if (!strcmp(name, "x264enc")) {
+    s->cfr = TRUE;
+    s->cfr_fps = 30;
   } else if (!g_object_class_find_property(G_OBJECT_GET_CLASS(s->encoder), "bitrate")) {
     s->prop = NULL;
   }
@@ -888,6 +947,7 @@ static void tick(sora_bwe *bwe) {
       s->fps_time = now;
       s->fps_in = in;
       s->fps_out = out;
+      follow_frame_rate(s);
     }
     guint target = s->target_bps ? s->target_bps : MIN(LAYER_MIN_BPS, s->max_bps);
     guint applied = s->applied_bps;
