@@ -172,6 +172,7 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
                 if name in DECODER_IMPLEMENTATIONS:
                     entry["decoderImplementation"] = DECODER_IMPLEMENTATIONS[name]
                 entry["trackIdentifier"] = entry["id"]
+                _decoded_fields(item, entry)
                 rtx = repairs.get(item.get("ssrc"))
                 if rtx is not None:
                     entry["retransmittedPacketsReceived"] = rtx.get("packets-received", 0)
@@ -292,6 +293,23 @@ def _bandwidth_fields(item: dict, entry: dict) -> None:
         entry["frameWidth"], entry["frameHeight"] = width, height
     fps = item.get("sora-frames-per-second")
     if isinstance(fps, (int, float)) and not isinstance(fps, bool):
+        entry["framesPerSecond"] = round(float(fps), 2)
+    for field, name in (("sora-frames-encoded", "framesEncoded"), ("sora-key-frames-encoded", "keyFramesEncoded")):
+        if isinstance(item.get(field), int):
+            entry[name] = item[field]
+
+
+def _decoded_fields(item: dict, entry: dict) -> None:
+    """What the sinks on an inbound video stream decoded (csrc/src/receive.c): framesDecoded, keyFramesDecoded,
+    frameWidth/frameHeight and framesPerSecond. Absent while no sink decodes the track."""
+    for field, name in (("sora-frames-decoded", "framesDecoded"), ("sora-key-frames-decoded", "keyFramesDecoded")):
+        if isinstance(item.get(field), int):
+            entry[name] = item[field]
+    width, height = item.get("sora-frame-width"), item.get("sora-frame-height")
+    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+        entry["frameWidth"], entry["frameHeight"] = width, height
+    fps = item.get("sora-frames-per-second")
+    if "framesDecoded" in entry and isinstance(fps, (int, float)) and not isinstance(fps, bool):
         entry["framesPerSecond"] = round(float(fps), 2)
 
 

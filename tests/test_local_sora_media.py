@@ -285,6 +285,33 @@ def test_payload_bytes_pass_unchanged(local_sora, sora, cleanup):
     assert frames1 - frames0 >= 60  # ~30 fps decoded
 
 
+def test_frame_counters_in_stats(local_sora, sora, cleanup):
+    """framesEncoded/keyFramesEncoded on the sender, framesDecoded/keyFramesDecoded, the decoded size and rate on
+    the receiver's inbound video stream (counted where the sink decodes)."""
+    receiver = Receiver(sora, local_sora.signaling_url, "counters")
+    cleanup.append(receiver)
+    sender = Sender(sora, local_sora.signaling_url, "counters", "VP8")
+    cleanup.append(sender)
+    _assert_picture(receiver, sender)
+
+    def video(stats: list, kind: str) -> dict:
+        return next((s for s in stats if s["type"] == kind and s.get("kind") == "video" and
+                     (kind == "outbound-rtp" or "framesDecoded" in s)), {})
+    out0, in0 = video(sender.stats(), "outbound-rtp"), video(receiver.stats(), "inbound-rtp")
+    frames0 = receiver.frames(sender.connection_id)
+    time.sleep(2.0)
+    out1, in1 = video(sender.stats(), "outbound-rtp"), video(receiver.stats(), "inbound-rtp")
+    frames1 = receiver.frames(sender.connection_id)
+    assert out1["keyFramesEncoded"] >= 1 and out1["framesEncoded"] - out0["framesEncoded"] >= 40, (out0, out1)
+    assert in1["keyFramesDecoded"] >= 1, in1
+    decoded = in1["framesDecoded"] - in0["framesDecoded"]
+    assert decoded >= frames1 - frames0 >= 40, (decoded, frames1 - frames0)  # the sink may drop, never invent
+    assert decoded <= out1["framesEncoded"] - out0["framesEncoded"] + 5, (decoded, out0, out1)
+    assert (in1["frameWidth"], in1["frameHeight"]) == (W, H), in1
+    assert 15 < in1["framesPerSecond"] < 40, in1
+    assert in1["keyFramesDecoded"] <= in1["framesDecoded"] and out1["keyFramesEncoded"] <= out1["framesEncoded"]
+
+
 def _server_plis(local_sora, connection_id: str) -> int:
     total = 0
     for entry in local_sora.stats(connection_id) or []:

@@ -64,8 +64,8 @@ typedef struct {
   GstElement *scale_filter;  /* owned reference or NULL (no size adaptation) */
   /* The probes hold a stream reference and the stream holds the encoder (so its pads): the probes are
    * removed when the controller is freed, or the branch would never be released. */
-  GstPad *probe_pads[2];     /* owned references */
-  gulong probe_ids[2];
+  GstPad *probe_pads[3];     /* owned references */
+  gulong probe_ids[3];
   const char *prop;          /* the encoder's bitrate property */
   guint unit;                /* 1: the property counts bit/s, 1000: kbit/s */
   gboolean openh264;
@@ -86,6 +86,7 @@ typedef struct {
   GstClockTime min_interval, last_pts; /* frame-rate limit (0: none) */
   double credit;                       /* frames the limit lets through now (at most 2) */
   gint64 in_frames, out_frames;
+  gint64 encoded, key_encoded; /* frames out of the encoder, key frames among them */
   gboolean suspended;
   /* controller only (bwe thread / get-stats under bwe->lock) */
   guint target_bps, applied_bps;
@@ -456,6 +457,18 @@ static GstPadProbeReturn on_encoder_input(GstPad *pad, GstPadProbeInfo *info, gp
   return GST_PAD_PROBE_OK;
 }
 
+/* The encoder's output: framesEncoded and keyFramesEncoded. */
+static GstPadProbeReturn on_encoder_output(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+  (void)pad;
+  bwe_stream *s = data;
+  gboolean key = !GST_BUFFER_FLAG_IS_SET(GST_PAD_PROBE_INFO_BUFFER(info), GST_BUFFER_FLAG_DELTA_UNIT);
+  g_mutex_lock(&s->lock);
+  s->encoded++;
+  if (key) s->key_encoded++;
+  g_mutex_unlock(&s->lock);
+  return GST_PAD_PROBE_OK;
+}
+
 /* Controller, once a second: move x264enc's nominal rate to the measured one after 2 s off by > 15 %. */
 static void follow_frame_rate(bwe_stream *s) {
   if (!s->cfr || s->out_fps < 0.5) return;
@@ -574,6 +587,11 @@ static bwe_stream *add_stream(sora_bwe *bwe, GstElement *encoder, guint32 ssrc, 
     s->probe_ids[1] = gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM,
                                         on_encoder_input, stream_ref(s), stream_unref);
     s->probe_pads[1] = pad;
+  }
+  pad = gst_element_get_static_pad(encoder, "src");
+  if (pad) {
+    s->probe_ids[2] = gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER, on_encoder_output, stream_ref(s), stream_unref);
+    s->probe_pads[2] = pad;
   }
   g_mutex_lock(&bwe->lock);
   g_ptr_array_add(bwe->streams, s);
@@ -1033,6 +1051,7 @@ void sora_bwe_annotate_stats(sora_bwe *bwe, GstStructure *all) {
     GstStructure *copy = gst_structure_copy(entry);
     g_mutex_lock(&s->lock);
     gint w = s->enc_w, h = s->enc_h, scale_level = s->scale_level, fps_level = s->fps_level;
+    gint64 encoded = s->encoded, key_encoded = s->key_encoded;
     gboolean suspended = s->suspended;
     g_mutex_unlock(&s->lock);
     gboolean limited = scale_level > 0 || fps_level > 0 || suspended || s->target_bps < s->max_bps * 0.95;
@@ -1040,7 +1059,9 @@ void sora_bwe_annotate_stats(sora_bwe *bwe, GstStructure *all) {
     gst_structure_set(copy, "sora-target-bitrate", G_TYPE_UINT, s->target_bps, "sora-max-bitrate", G_TYPE_UINT,
                       s->max_bps, "sora-encoder-bitrate", G_TYPE_UINT64, enc, "sora-quality-limitation",
                       G_TYPE_STRING, limited ? "bandwidth" : "none", "sora-scale-level", G_TYPE_INT, scale_level,
-                      "sora-fps-level", G_TYPE_INT, fps_level, "sora-suspended", G_TYPE_BOOLEAN, suspended, NULL);
+                      "sora-fps-level", G_TYPE_INT, fps_level, "sora-suspended", G_TYPE_BOOLEAN, suspended,
+                      "sora-frames-encoded", G_TYPE_INT64, encoded, "sora-key-frames-encoded", G_TYPE_INT64,
+                      key_encoded, NULL);
     if (w > 0 && h > 0) gst_structure_set(copy, "sora-frame-width", G_TYPE_INT, w, "sora-frame-height", G_TYPE_INT, h, NULL);
     if (s->fps_time && s->out_fps > 0) gst_structure_set(copy, "sora-frames-per-second", G_TYPE_DOUBLE, s->out_fps, NULL);
     gst_structure_set(all, name, GST_TYPE_STRUCTURE, copy, NULL);

@@ -183,6 +183,16 @@ void sora_bwe_add_layer(sora_bwe *bwe, gint group, gint priority, GstElement *en
 /* Add the controller's fields to our outbound-rtp entries of a get-stats reply, and a "sora-bwe" entry. */
 void sora_bwe_annotate_stats(sora_bwe *bwe, GstStructure *all);
 
+/* ---- what the sinks decode, per remote SSRC (receive.c) ---- */
+typedef struct sora_decode_stats sora_decode_stats;
+sora_decode_stats *sora_decode_stats_new(guint32 ssrc);
+sora_decode_stats *sora_decode_stats_ref(sora_decode_stats *stats);
+void sora_decode_stats_unref(gpointer stats);
+/* A reference to the peer's counters for `ssrc` (made on first use; kept until the peer is freed). */
+sora_decode_stats *sora_peer_decode_stats(sora_peer *peer, guint32 ssrc);
+/* Add "sora-frames-decoded", "sora-key-frames-decoded", the decoded size and rate to an inbound-rtp entry. */
+void sora_decode_stats_annotate(sora_decode_stats *stats, GstStructure *entry);
+
 /* ---- stats (stats.c) ---- */
 char *sora_structure_to_json(const GstStructure *s);
 

@@ -42,6 +42,7 @@ struct sora_peer {
   GHashTable *send_transforms; /* m-line -> sora_transform reference, for branches attached later; under lock */
   GHashTable *encoders_by_codec; /* upper-case codec -> element factory name (sora_peer_set_video_encoder) */
   sora_bwe *bwe;                 /* send bandwidth estimation (bwe.c); NULL once closed */
+  GHashTable *decoded;           /* SSRC -> sora_decode_stats* (receive.c), under lock */
 };
 
 GstElement *sora_peer_pipeline(sora_peer *peer) { return peer->pipeline; }
@@ -503,9 +504,45 @@ static void peer_release(sora_peer *peer) {
   g_rw_lock_clear(&peer->op_lock);
   g_hash_table_destroy(peer->send_transforms);
   g_hash_table_destroy(peer->encoders_by_codec);
+  g_hash_table_destroy(peer->decoded);
   sora_bwe_free(peer->bwe);
   g_free(peer->local_address);
   g_free(peer);
+}
+
+sora_decode_stats *sora_peer_decode_stats(sora_peer *peer, guint32 ssrc) {
+  g_mutex_lock(&peer->lock);
+  sora_decode_stats *stats = g_hash_table_lookup(peer->decoded, GUINT_TO_POINTER(ssrc));
+  if (!stats) {
+    stats = sora_decode_stats_new(ssrc);
+    g_hash_table_insert(peer->decoded, GUINT_TO_POINTER(ssrc), stats);
+  }
+  sora_decode_stats_ref(stats);
+  g_mutex_unlock(&peer->lock);
+  return stats;
+}
+
+/* Frame counts of the sinks on the inbound-rtp entries of a get-stats reply. */
+static void annotate_decoded(sora_peer *peer, GstStructure *all) {
+  for (gint i = 0; i < gst_structure_n_fields(all); i++) {
+    const char *name = gst_structure_nth_field_name(all, i);
+    const GValue *v = gst_structure_get_value(all, name);
+    if (!v || G_VALUE_TYPE(v) != GST_TYPE_STRUCTURE) continue;
+    const GstStructure *entry = gst_value_get_structure(v);
+    guint ssrc = 0;
+    if (!entry || !gst_structure_has_name(entry, "inbound-rtp") || !gst_structure_get_uint(entry, "ssrc", &ssrc))
+      continue;
+    g_mutex_lock(&peer->lock);
+    sora_decode_stats *stats = g_hash_table_lookup(peer->decoded, GUINT_TO_POINTER(ssrc));
+    if (stats) sora_decode_stats_ref(stats);
+    g_mutex_unlock(&peer->lock);
+    if (!stats) continue;
+    GstStructure *copy = gst_structure_copy(entry);
+    sora_decode_stats_annotate(stats, copy);
+    sora_decode_stats_unref(stats);
+    gst_structure_set(all, name, GST_TYPE_STRUCTURE, copy, NULL); /* replaces field i: the order stays */
+    gst_structure_free(copy);
+  }
 }
 
 void sora_peer_unref(sora_peer *peer) {
@@ -529,6 +566,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   peer->mem_refs = 1;
   peer->send_transforms = g_hash_table_new_full(NULL, NULL, NULL, (GDestroyNotify)sora_transform_release);
   peer->encoders_by_codec = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  peer->decoded = g_hash_table_new_full(NULL, NULL, NULL, sora_decode_stats_unref);
   peer->bwe = sora_bwe_new(webrtc);
   g_mutex_init(&peer->lock);
   g_rw_lock_init(&peer->op_lock);
@@ -1313,6 +1351,7 @@ static int impl_sora_peer_get_stats(sora_peer *peer, char **json_out) {
       gst_structure_free(rtcp);
     }
     sora_bwe_annotate_stats(peer->bwe, all); /* targetBitrate, quality limitation, encoded size (bwe.c) */
+    annotate_decoded(peer, all);             /* framesDecoded, decoded size and rate (receive.c) */
     *json_out = sora_structure_to_json(all);
     gst_structure_free(all);
   }

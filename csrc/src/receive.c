@@ -207,6 +207,131 @@ static void sink_detach(sora_child *child) {
   sink_stop(sink, FALSE);
 }
 
+/* ---- what the sinks decode (inbound-rtp framesDecoded, keyFramesDecoded, frameWidth/Height, framesPerSecond) */
+
+struct sora_decode_stats {
+  gint refs;
+  GMutex lock;
+  guint32 ssrc;
+  gpointer owner; /* the sink branch that counts (one of several sinks on a track); NULL: the next to see a frame */
+  gint64 frames, key_frames;
+  gint width, height;
+  gint64 window_start; /* monotonic µs: frames counted in the current window of >= 1 s */
+  gint64 window_frames;
+  double rate; /* frames per second over the last whole window */
+};
+
+sora_decode_stats *sora_decode_stats_new(guint32 ssrc) {
+  sora_decode_stats *stats = g_new0(sora_decode_stats, 1);
+  stats->refs = 1;
+  stats->ssrc = ssrc;
+  g_mutex_init(&stats->lock);
+  return stats;
+}
+
+sora_decode_stats *sora_decode_stats_ref(sora_decode_stats *stats) {
+  g_atomic_int_inc(&stats->refs);
+  return stats;
+}
+
+void sora_decode_stats_unref(gpointer data) {
+  sora_decode_stats *stats = data;
+  if (!stats || !g_atomic_int_dec_and_test(&stats->refs)) return;
+  g_mutex_clear(&stats->lock);
+  g_free(stats);
+}
+
+void sora_decode_stats_annotate(sora_decode_stats *stats, GstStructure *entry) {
+  g_mutex_lock(&stats->lock);
+  double rate = g_get_monotonic_time() - stats->window_start > 2 * G_TIME_SPAN_SECOND ? 0.0 : stats->rate;
+  gst_structure_set(entry, "sora-frames-decoded", G_TYPE_INT64, stats->frames, "sora-key-frames-decoded",
+                    G_TYPE_INT64, stats->key_frames, "sora-frames-per-second", G_TYPE_DOUBLE, rate, NULL);
+  if (stats->width > 0 && stats->height > 0)
+    gst_structure_set(entry, "sora-frame-width", G_TYPE_INT, stats->width, "sora-frame-height", G_TYPE_INT,
+                      stats->height, NULL);
+  g_mutex_unlock(&stats->lock);
+}
+
+/* The two probes of one sink branch share this; the branch owns the counters while it is the one counting. */
+typedef struct {
+  gint refs;
+  sora_decode_stats *stats;
+} decode_probe;
+
+static void decode_probe_unref(gpointer data) {
+  decode_probe *p = data;
+  if (!g_atomic_int_dec_and_test(&p->refs)) return;
+  g_mutex_lock(&p->stats->lock);
+  if (p->stats->owner == p) p->stats->owner = NULL; /* another sink on the track may take over */
+  g_mutex_unlock(&p->stats->lock);
+  sora_decode_stats_unref(p->stats);
+  g_free(p);
+}
+
+static gboolean decode_probe_counts(decode_probe *p) {
+  if (!p->stats->owner) p->stats->owner = p;
+  return p->stats->owner == p;
+}
+
+/* Before the decoder: the key frames (a depayloader marks the others as delta units). */
+static GstPadProbeReturn on_decoder_input(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+  (void)pad;
+  decode_probe *p = data;
+  gboolean key = !GST_BUFFER_FLAG_IS_SET(GST_PAD_PROBE_INFO_BUFFER(info), GST_BUFFER_FLAG_DELTA_UNIT);
+  g_mutex_lock(&p->stats->lock);
+  if (key && decode_probe_counts(p)) p->stats->key_frames++;
+  g_mutex_unlock(&p->stats->lock);
+  return GST_PAD_PROBE_OK;
+}
+
+/* After the decoder: decoded frames, their size, the rate. */
+static GstPadProbeReturn on_decoder_output(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+  (void)pad;
+  decode_probe *p = data;
+  sora_decode_stats *stats = p->stats;
+  g_mutex_lock(&stats->lock);
+  if (decode_probe_counts(p)) {
+    if (info->type & GST_PAD_PROBE_TYPE_BUFFER) {
+      gint64 now = g_get_monotonic_time();
+      if (!stats->window_start) stats->window_start = now;
+      if (now - stats->window_start >= G_TIME_SPAN_SECOND) {
+        gint64 span = now - stats->window_start;
+        stats->rate = span < 2 * G_TIME_SPAN_SECOND ? stats->window_frames * 1e6 / (double)span : 0.0;
+        stats->window_start = now;
+        stats->window_frames = 0;
+      }
+      stats->window_frames++;
+      stats->frames++;
+    } else if (GST_EVENT_TYPE(GST_PAD_PROBE_INFO_EVENT(info)) == GST_EVENT_CAPS) {
+      GstCaps *caps = NULL;
+      gst_event_parse_caps(GST_PAD_PROBE_INFO_EVENT(info), &caps);
+      const GstStructure *st = caps && gst_caps_get_size(caps) ? gst_caps_get_structure(caps, 0) : NULL;
+      if (st) {
+        gst_structure_get_int(st, "width", &stats->width);
+        gst_structure_get_int(st, "height", &stats->height);
+      }
+    }
+  }
+  g_mutex_unlock(&stats->lock);
+  return GST_PAD_PROBE_OK;
+}
+
+/* Count what `decoder` takes in and what `after` (the element linked after it) receives. */
+static void count_decoding(sora_peer *peer, guint32 ssrc, GstElement *decoder, GstElement *after) {
+  decode_probe *p = g_new0(decode_probe, 1);
+  p->refs = 2;
+  p->stats = sora_peer_decode_stats(peer, ssrc);
+  GstPad *in = gst_element_get_static_pad(decoder, "sink");
+  GstPad *out = gst_element_get_static_pad(after, "sink");
+  if (in) gst_pad_add_probe(in, GST_PAD_PROBE_TYPE_BUFFER, on_decoder_input, p, decode_probe_unref);
+  else decode_probe_unref(p);
+  if (out) gst_pad_add_probe(out, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, on_decoder_output,
+                             p, decode_probe_unref);
+  else decode_probe_unref(p);
+  if (in) gst_object_unref(in);
+  if (out) gst_object_unref(out);
+}
+
 static void on_decoded_pad(GstElement *decodebin, GstPad *pad, gpointer data) {
   (void)decodebin;
   GstElement *next = data;
@@ -330,6 +455,8 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
     gboolean linked = gst_element_link_many(conv, filter, appsink, NULL);
     for (gint i = G_N_ELEMENTS(rest) - 1; i >= 0; i--) gst_element_sync_state_with_parent(rest[i]);
     g_signal_connect(dec, "pad-added", G_CALLBACK(on_decoded_pad), conv);
+    guint ssrc = 0;
+    if (linked && gst_structure_get_uint(gst_caps_get_structure(caps, 0), "ssrc", &ssrc)) count_decoding(peer, ssrc, dec, conv);
     rc = linked ? add_branch(peer, tee, chain, n) : sora_fail(SORA_ERR_ENGINE, "cannot link the video converter");
   }
   if (rc) {
@@ -382,6 +509,7 @@ struct sora_forward {
   GMutex lock;
   GstElement *appsrc; /* in the destination pipeline; owned reference, NULL once stopped */
   GstElement *valve;  /* in the source pipeline; owned reference */
+  GstElement *queue;  /* the branch's first element (tee ! queue ! valve ! appsink); owned reference */
   GstElement *src_tee;
   gint payload_type;
   gboolean rewrite_pt;
@@ -456,6 +584,7 @@ static void forward_unref(gpointer data) {
   if (f->out) sora_fwd_out_unref(f->out);
   if (f->appsrc) gst_object_unref(f->appsrc);
   if (f->valve) gst_object_unref(f->valve);
+  if (f->queue) gst_object_unref(f->queue);
   if (f->src_tee) gst_object_unref(f->src_tee);
   g_mutex_clear(&f->lock);
   g_free(f);
@@ -510,6 +639,36 @@ static void forward_stop(sora_forward *f) {
   if (f->out) sora_fwd_out_release(f->out, f);
   if (f->valve) g_object_set(f->valve, "drop", TRUE, NULL);
   if (appsrc) gst_object_unref(appsrc);
+}
+
+/* Take a destroyed forward's branch off the source's tee while the source lives on (with the source entered, not
+ * on a streaming thread). Left in place, every forward that ever ended kept a queue thread and its buffers for
+ * the source's whole life: a long-lived sender in a channel that receivers join and leave grew by about two
+ * threads and ~90 KiB per receiver (the local server's RSS, tests/reliability/check_lifetime.py). */
+static void forward_remove_branch(sora_forward *f, sora_peer *src) {
+  if (!f->queue || !f->valve) return;
+  GstElement *chain[3] = {f->queue, f->valve, NULL};
+  GstPad *valve_src = gst_element_get_static_pad(f->valve, "src");
+  GstPad *sink_pad = valve_src ? gst_pad_get_peer(valve_src) : NULL;
+  chain[2] = sink_pad ? gst_pad_get_parent_element(sink_pad) : NULL; /* the appsink (a reference) */
+  if (sink_pad) gst_object_unref(sink_pad);
+  if (valve_src) gst_object_unref(valve_src);
+  /* releasing the tee's pad waits for a push on it to end; later buffers are not sent to this branch */
+  GstPad *queue_sink = gst_element_get_static_pad(f->queue, "sink");
+  GstPad *tee_pad = queue_sink ? gst_pad_get_peer(queue_sink) : NULL;
+  if (tee_pad) {
+    gst_element_release_request_pad(f->src_tee, tee_pad);
+    gst_object_unref(tee_pad);
+  }
+  if (queue_sink) gst_object_unref(queue_sink);
+  GstBin *bin = GST_BIN(sora_peer_pipeline(src));
+  for (guint i = 0; i < G_N_ELEMENTS(chain); i++) {
+    if (!chain[i]) continue;
+    gst_element_set_locked_state(chain[i], TRUE);
+    gst_element_set_state(chain[i], GST_STATE_NULL); /* the queue's thread ends here */
+    if (GST_OBJECT_PARENT(chain[i]) == GST_OBJECT(bin)) gst_bin_remove(bin, chain[i]);
+  }
+  if (chain[2]) gst_object_unref(chain[2]); /* the appsink goes, and with it its callbacks' forward reference */
 }
 
 static void forward_detach_src(sora_child *child) {
@@ -616,6 +775,7 @@ SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *
    * prerolls, e.g. a forward stopped before its first packet, would stall every other branch) */
   g_object_set(appsink, "sync", FALSE, "async", FALSE, "enable-last-sample", FALSE, NULL);
   f->valve = gst_object_ref(valve);
+  f->queue = gst_object_ref(queue);
   GstAppSinkCallbacks cbs = {0};
   cbs.new_sample = forward_new_sample;
   gst_app_sink_set_callbacks(GST_APP_SINK(appsink), &cbs, f, forward_unref);
@@ -644,11 +804,16 @@ SORA_C_API int sora_forward_destroy(sora_forward *f) {
   sora_clear_error();
   if (!f) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "forward is NULL");
   sora_peer *src = f->src;
+  gboolean attached = FALSE;
   if (src && sora_peer_enter(src) == SORA_OK) {
-    sora_peer_remove_child(src, &f->child);
+    attached = sora_peer_remove_child(src, &f->child);
     sora_peer_leave(src);
   }
   forward_stop(f);
+  if (attached && sora_peer_enter(src) == SORA_OK) { /* a source being closed takes the branch down itself */
+    forward_remove_branch(f, src);
+    sora_peer_leave(src);
+  }
   f->src = NULL;
   if (src) sora_peer_unref(src);
   forward_unref(f);
