@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import sora_sdk  # noqa: E402
 from benchmarks import sfu_fanout  # noqa: E402
+from benchmarks import codec_floor  # noqa: E402
 from benchmarks.common import Client, cpu_seconds  # noqa: E402
 from sora_sdk.testing import LocalSora  # noqa: E402
 
@@ -142,6 +143,18 @@ def machine() -> str:
         sora_sdk.__version__)
 
 
+def _kept_section() -> str:
+    """The section that `make bench-compare` (benchmarks/compare.py) keeps between its markers, to carry over."""
+    try:
+        with open(RESULTS, encoding="utf-8") as f:
+            current = f.read()
+    except OSError:
+        return ""
+    begin, end = "<!-- bench-compare:begin -->", "<!-- bench-compare:end -->"
+    start, stop = current.find(begin), current.find(end)
+    return current[start:stop + len(end)] + "\n" if 0 <= start < stop else ""
+
+
 def main() -> int:
     sections = ["# Benchmark results", "", "Machine: " + machine(), "",
                 "Measured by `make bench` (benchmarks/run.py) over loopback against the embedded local server; "
@@ -157,9 +170,11 @@ def main() -> int:
         dcs = [bench_data_channel(server, 100, 5000), bench_data_channel(server, 65536, 300)]
         sections += ["## Data channel `#` messages through the local server", "", table(dcs), ""]
     sections += [sfu_fanout.report([1, 4, 16], min(SECONDS, 6.0), 1000)]
+    sections += [codec_floor.report(min(SECONDS, 4.0))]
     text = "\n".join(sections)
+    kept = _kept_section()
     with open(RESULTS, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
+        f.write(text + "\n" + ("\n" + kept if kept else ""))
     print(text)
     return 0
 
