@@ -1,6 +1,8 @@
 /* The context: one dispatcher thread that delivers every event in order. */
 #include <string.h>
 
+#include <stdlib.h>
+
 #include "internal.h"
 
 typedef enum { ITEM_EVENT, ITEM_DESTROY, ITEM_STOP } item_kind;
@@ -76,6 +78,40 @@ static gpointer dispatcher_main(gpointer data) {
   return NULL;
 }
 
+/* ---- engine warm-up ----------------------------------------------------------------
+ * The first DTLS element of a process generates the certificate every later connection shares (an RSA
+ * key: 0.1-0.8 s here). A thread started with the first context does it while the application is still
+ * setting up, so the first connect() does not wait for it. Context destroy and process exit join it, so
+ * the key generation never runs into OpenSSL's own exit-time cleanup. */
+static GMutex warm_lock;
+static GThread *warm_thread;
+static gboolean warm_started;
+
+static gpointer warm_main(gpointer data) {
+  (void)data;
+  GstElement *dtls = gst_element_factory_make("dtlsdec", NULL);
+  if (dtls) gst_object_unref(dtls);
+  return NULL;
+}
+
+static void warm_join(void) {
+  g_mutex_lock(&warm_lock);
+  GThread *thread = warm_thread;
+  warm_thread = NULL;
+  g_mutex_unlock(&warm_lock);
+  if (thread) g_thread_join(thread);
+}
+
+static void warm_up(void) {
+  g_mutex_lock(&warm_lock);
+  if (!warm_started && !g_getenv("SORA_SDK_NO_WARM_UP")) {
+    warm_started = TRUE;
+    warm_thread = g_thread_try_new("sora-warm-up", warm_main, NULL, NULL);
+    if (warm_thread) atexit(warm_join);
+  }
+  g_mutex_unlock(&warm_lock);
+}
+
 SORA_C_API int sora_context_create(const sora_callbacks *callbacks, sora_context **out) {
   sora_clear_error();
   if (!out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "out is NULL");
@@ -100,6 +136,7 @@ SORA_C_API int sora_context_create(const sora_callbacks *callbacks, sora_context
     g_free(ctx);
     return rc;
   }
+  warm_up();
   *out = ctx;
   return SORA_OK;
 }
@@ -123,6 +160,7 @@ SORA_C_API int sora_context_destroy(sora_context *ctx) {
   if (ctx->thread == g_thread_self())
     return sora_fail(SORA_ERR_INVALID_STATE, "a context cannot be destroyed from its own dispatcher thread");
   ctx->stopping = TRUE;
+  warm_join();
   sora_peer_destroy_all(ctx);
   sora_source_destroy_all(ctx);
   sora_transform_destroy_all(ctx);
