@@ -254,16 +254,66 @@ test: setup build
 # (its files are named check_*.py). Writes benchmarks/RELIABILITY.md (RELIABILITY-pypy.md with PY=pypy3).
 # Knobs (environment): RELIABILITY_LOAD_SECONDS (120), RELIABILITY_CYCLES (1000), RELIABILITY_FUZZ_SCALE (1).
 RELIABILITY_REPORT ?= benchmarks/RELIABILITY$(if $(findstring pypy,$(VENV)),-pypy).md
+# RELIABILITY_TESTS picks parts, e.g. RELIABILITY_TESTS='tests/reliability/check_lifetime.py tests/reliability/check_load.py'.
 RELIABILITY_TIMEOUT ?= 1200
+RELIABILITY_TESTS ?= tests/reliability
 .PHONY: test-reliability
 test-reliability: setup build
-	RELIABILITY_REPORT=$(RELIABILITY_REPORT) $(VENVPY) -m pytest -v --timeout=$(RELIABILITY_TIMEOUT) $(ARGS) tests/reliability
+	RELIABILITY_REPORT=$(RELIABILITY_REPORT) $(VENVPY) -m pytest -v --timeout=$(RELIABILITY_TIMEOUT) $(ARGS) $(RELIABILITY_TESTS)
+
+# AddressSanitizer (issue 5): libsora_c built with -fsanitize=address into $(ASAN_BUILD_DIR) (the normal build is
+# untouched), then the end-to-end tests run with that shim (SORA_SDK_LIBRARY) and libasan preloaded into the
+# interpreter. tests/reliability/asan_plugin.py checks that the ASan shim is what the tests load, and fails the
+# run if any process of it (pytest or a server child) wrote an ASan report into $(ASAN_LOG_DIR).
+# Overrides: ASAN_TESTS='tests/x.py', ASAN_OPTIONS_EXTRA=':detect_stack_use_after_return=1'.
+ASAN_BUILD_DIR ?= build/asan
+ASAN_SHIM      := $(ASAN_BUILD_DIR)/libsora_c.so
+ASAN_CFLAGS    := -O1 -g -fsanitize=address -fno-omit-frame-pointer
+ASAN_LOG_DIR   ?= $(ASAN_BUILD_DIR)/logs
+# The default set (~5 min): the ABI suite, every end-to-end file without external programs or timing bounds that
+# ASan's slowdown could break, the reliability faults (minus the up-to-75 s UDP mid-call check) and the live fuzz parts at 1/4 scale.
+ASAN_TESTS     ?= tests/abi tests/test_e2e_sendonly.py tests/test_e2e_datachannels.py tests/test_local_sora_media.py \
+                  tests/test_local_sora_signaling.py tests/test_encoded_transform.py tests/test_signaling_errors.py \
+                  tests/test_signaling_flow.py tests/test_reoffer_validation.py tests/test_engine_context.py \
+                  tests/test_e2e_secure_transport.py tests/test_e2e_proxy.py tests/test_codec.py tests/test_av1.py \
+                  tests/test_simulcast.py tests/test_local_sora_simulcast.py tests/test_local_sora_switched.py \
+                  tests/test_local_sora_spotlight_speakers.py tests/test_openh264.py \
+                  tests/reliability/check_faults.py --deselect tests/reliability/check_faults.py::test_udp_blackholed_mid_call \
+                  tests/reliability/check_fuzz.py::test_fuzz_message_handlers_of_live_connections \
+                  tests/reliability/check_fuzz.py::test_fuzz_real_sockets
+ASAN_FUZZ_SCALE ?= 0.25
+ASAN_OPTIONS_EXTRA ?=
+# detect_leaks=0: the interpreter and GStreamer keep process-lifetime allocations that LeakSanitizer would list.
+ASAN_RUN_OPTIONS := detect_leaks=0:halt_on_error=1:abort_on_error=0:allocator_may_return_null=1:detect_odr_violation=0:strict_string_checks=0:check_initialization_order=1:log_path=$(abspath $(ASAN_LOG_DIR))/asan$(ASAN_OPTIONS_EXTRA)
+.PHONY: asan-shim test-asan
+asan-shim: setup
+	$(MAKE) --no-print-directory BUILD_DIR=$(ASAN_BUILD_DIR) CFLAGS='$(ASAN_CFLAGS)' CXXFLAGS='$(ASAN_CFLAGS)' \
+	    LDFLAGS='-fsanitize=address' $(ASAN_SHIM)
+
+test-asan: asan-shim build
+	rm -rf $(ASAN_LOG_DIR) && mkdir -p $(ASAN_LOG_DIR)
+	@rc=0; set -x; SORA_SDK_LIBRARY=$(abspath $(ASAN_SHIM)) SORA_ASAN_LOG_DIR=$(abspath $(ASAN_LOG_DIR)) \
+	    RELIABILITY_FUZZ_SCALE=$${RELIABILITY_FUZZ_SCALE:-$(ASAN_FUZZ_SCALE)} \
+	    ASAN_OPTIONS='$(ASAN_RUN_OPTIONS)' LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
+	    PYTHONPATH=tests/reliability $(VENVPY) -m pytest -v -p asan_plugin --timeout=$(PYTEST_TIMEOUT) $(ARGS) \
+	    $(ASAN_TESTS) || rc=$$?; set +x; \
+	for report in $(ASAN_LOG_DIR)/asan*; do \
+	    [ -f "$$report" ] || continue; echo "==== test-asan: ASan report $$report"; head -n 200 "$$report"; \
+	    [ "$$rc" -ne 0 ] || rc=1; done; \
+	echo "test-asan: $$(ls $(ASAN_LOG_DIR) | wc -l) ASan report(s); pytest exit $$rc"; exit $$rc
 
 demo: setup build
 	$(VENVPY) -m sora_sdk.demo $(ARGS)
 
 bench: setup build
 	$(VENVPY) -m benchmarks.run $(ARGS)
+
+# Ours vs the official Sora Python SDK (PyPI, in .venv-official, run in a network namespace: needs root),
+# same local server, same work; writes its section of benchmarks/RESULTS.md. Knobs: ARGS='--runs 1 --codecs VP8'
+# or SORA_COMPARE_RUNS / SORA_COMPARE_SECONDS / SORA_COMPARE_CODECS / SORA_COMPARE_SIZES.
+.PHONY: bench-compare
+bench-compare: setup build
+	$(VENVPY) -m benchmarks.compare $(ARGS)
 
 clean:
 	rm -rf $(BUILD_DIR) .pytest_cache *.egg-info

@@ -337,12 +337,14 @@ def test_udp_blackholed_from_the_start(sdk, timings, netns_server):
     assert_healthy(sdk)
 
 
-MID_CALL_BOUND = float(os.environ.get("RELIABILITY_UDP_MID_CALL_BOUND", "35"))
+# libnice's keepalives are binding requests that need an answer (csrc/src/peer.c sets keepalive-conncheck): one
+# every 25 s, failed after ~25 s of retransmissions with no media in between, so loss is seen 25-51 s after it starts.
+MID_CALL_BOUND = float(os.environ.get("RELIABILITY_UDP_MID_CALL_BOUND", "75"))
 
 
 def test_udp_blackholed_mid_call(sdk, timings, netns_server):
     """UDP dropped while media flows. libwebrtc (the official SDK) reports the peer connection failed about
-    30 s later (ICE consent freshness, RFC 7675); see the xfail reason for ours."""
+    30 s later (ICE consent freshness, RFC 7675); ours fails it when libnice's keepalive request goes unanswered."""
     server, hole = netns_server
     conn, rec, feeder = _sender(sdk, server.url)
     try:
@@ -359,14 +361,9 @@ def test_udp_blackholed_mid_call(sdk, timings, netns_server):
         feeder.stop()
     if not got:
         hole.stop()
-        conn.disconnect()  # the WebSocket still works: an orderly end
-        assert rec.disconnect == (Code.CLOSE_SUCCEEDED, WS_OK), rec.disconnect
-        timings["UDP blackholed mid-call (netns) -> on_disconnect"] = (
-            "none within %.0f s (ICE %s, peer connection %s): not detected" % ((MID_CALL_BOUND,) + states))
-        assert_healthy(sdk)
-        pytest.xfail("media path loss is not detected: GStreamer 1.22's webrtcbin creates its libnice agent "
-                     "without RFC 7675 consent freshness, so ICE stays %r/%r with no packets, and neither "
-                     "client nor local server ends the connection" % states)
+        conn.disconnect()
+    assert got, "no on_disconnect within %.0f s of the blackhole (ICE %s, peer connection %s)" % (
+        (MID_CALL_BOUND,) + states)
     code, message = rec.disconnect
     assert (code, message) in (
         (Code.PEER_CONNECTION_STATE_FAILED, "PeerConnectionState::kFailed"),
@@ -385,7 +382,7 @@ def test_disconnect_before_the_offer(sdk, timings):
     server = ScriptedServer([expect("connect"), wait_event(release, 30)])
     try:
         conn = sdk.create_connection(signaling_urls=[server.url], role="recvonly", channel_id="early",
-                                     websocket_close_timeout=2)
+                                     websocket_close_timeout=3)
         rec = Recorder(conn)
         conn.connect()
         session = server.wait_session()
@@ -394,7 +391,9 @@ def test_disconnect_before_the_offer(sdk, timings):
         conn.disconnect()
         took = time.monotonic() - started
         assert rec.disconnect == (Code.CLOSE_SUCCEEDED, IN_CONNECTING), rec.disconnect
-        assert took < 1.0, took
+        # "at once": far below the 3 s close timeout it would take if it waited for the server (0.00 s measured;
+        # the margin is for a busy machine)
+        assert took < 1.5, took
         session.wait_end(5)  # and the WebSocket is really closed
         single_disconnect(rec)
         assert rec.of("set_offer") == []

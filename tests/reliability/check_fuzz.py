@@ -64,6 +64,10 @@ N_HTTP = count(2_000)
 N_HANDLER = count(4_000)
 N_SOCKET = count(2_000)
 
+# A handled message is answered in milliseconds; a hang is for ever. The bound only has to separate the two on a
+# busy 2-core machine (webrtcbin may take a while for a mutated offer with many m-lines).
+HANG_BOUND = 10.0
+
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -653,11 +657,11 @@ class SocketFuzz:
             else:
                 session.send(message)
             try:
-                reply = session.wait_message("answer", timeout=4)
+                reply = session.wait_message("answer", timeout=HANG_BOUND)
             except TimeoutError:
                 if not session.ended.is_set():
-                    self.crashes.add("sockets", "offer neither answered nor the connection ended within 4 s",
-                                     payload)
+                    self.crashes.add("sockets", "offer neither answered nor the connection ended within %.0f s"
+                                     % HANG_BOUND, payload)
                     self.hangs += 1
                 self.attribute(payload)
                 return
@@ -678,11 +682,11 @@ class SocketFuzz:
                 self.send(session, payload)
                 session.send('{"type":"ping"}')
                 try:
-                    session.wait_message("pong", timeout=5, start=mark)
+                    session.wait_message("pong", timeout=HANG_BOUND, start=mark)
                 except TimeoutError:
                     if not session.ended.is_set():
-                        self.crashes.add("sockets", "ping after a message unanswered for 5 s (connection alive)",
-                                         payload)
+                        self.crashes.add("sockets", "ping after a message unanswered for %.0f s (connection alive)"
+                                         % HANG_BOUND, payload)
                         self.hangs += 1
                     self.attribute(payload)
                     return

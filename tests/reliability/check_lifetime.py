@@ -17,6 +17,8 @@ state "connected", then disconnects (CLOSE_SUCCEEDED). After a warm-up
 (RELIABILITY_WARMUP cycles, default 200) RSS (after gc + malloc_trim), open
 descriptors and threads (Python threads and /proc/self/task) are measured; at
 the end RSS must be < 5 % above it and descriptors / threads not above it.
+The server child's threads are checked as well (its connections are shim
+peers: a forward left behind by each receiver that left showed up there).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from rel_probe import ServerProcess, fd_count, rss_kb, run_in_child, settle, tas
 CYCLES = int(os.environ.get("RELIABILITY_CYCLES", "1000"))
 WARMUP = min(int(os.environ.get("RELIABILITY_WARMUP", "200")), max(CYCLES // 5, 1))
 RSS_LIMIT = 0.05
+SERVER_TASKS_SLACK = 25
 W, H = 160, 120
 
 pytestmark = pytest.mark.timeout(1200)
@@ -114,9 +117,16 @@ class Cycles:
         rec = Recorder(self.sender)
         self.sender.connect()
         assert rec.connected.wait(15), rec.events
+        # From now on the sender only counts its notifies: a Recorder keeps every parsed one (a connection.created
+        # and a .destroyed per recvonly cycle, ~2.5 KiB/cycle on average), which is the test's growth, not the SDK's.
+        self.sender_notifies = 0
+        self.sender.on_notify = self.count_sender_notify
 
     def count_frame(self, kind: str) -> None:
         self.frames[kind] += 1
+
+    def count_sender_notify(self, text: str) -> None:
+        self.sender_notifies += 1
 
     def run(self, i: int) -> None:
         kind = i % 4
@@ -187,6 +197,17 @@ def measure():
     return (rss_kb(),) + stable_counts()
 
 
+def settled_server_tasks(server) -> int:
+    """The server's thread count once the last cycle's server-side teardown has ended (it is asynchronous)."""
+    last, deadline = -1, time.monotonic() + 10
+    while True:
+        now = server.task_count()
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+        time.sleep(0.5)
+
+
 def run_cycles() -> dict:
     """The cycles themselves (in a process of their own, see rel_probe.run_in_child)."""
     server = ServerProcess()
@@ -195,6 +216,7 @@ def run_cycles() -> dict:
     cpu0 = time.process_time()
     baseline = end = None
     base_tasks_names: List[str] = []
+    server_tasks = [0, 0]
     try:
         cycles = Cycles(server.url)
         try:
@@ -203,19 +225,22 @@ def run_cycles() -> dict:
                 if i + 1 == WARMUP:
                     baseline = measure()
                     base_tasks_names = task_names()
+                    server_tasks[0] = settled_server_tasks(server)
                 if i + 1 == CYCLES:
                     b = baseline
                     settle(lambda: fd_count() <= b[1] and threading.active_count() <= b[2] and task_count() <= b[3],
                            15)  # close helpers and engine threads of the last connection end asynchronously
                     end = measure()
+                    server_tasks[1] = settled_server_tasks(server)
                 if (i + 1) % 100 == 0 or i + 1 == CYCLES:
                     samples.append({"cycle": i + 1, "rss": rss_kb(), "server_rss": server.rss_kb(),
-                                    "t": time.monotonic() - started})
+                                    "server_tasks": server.task_count(), "t": time.monotonic() - started})
         finally:
             cycles.close()
     finally:
         server.close()
     return {"took": time.monotonic() - started, "cpu": time.process_time() - cpu0, "baseline": baseline,
+            "server_tasks": server_tasks,
             "end": end, "samples": samples, "frames": cycles.frames, "ends": cycles.ends,
             "task_names": [base_tasks_names, task_names()]}
 
@@ -243,6 +268,10 @@ def test_connect_disconnect_cycles(report):
     report.add(section, "RSS every 100 cycles (MiB)", " ".join("%.1f" % (s["rss"] / 1024) for s in samples))
     report.add(section, "server child process RSS (not asserted), first -> last sample",
                "%.1f -> %.1f MiB" % (samples[0]["server_rss"] / 1024, samples[-1]["server_rss"] / 1024))
+    server_base, server_end = result["server_tasks"]
+    report.add(section, "server child process threads after warm-up -> end (limit + %d)" % SERVER_TASKS_SLACK,
+               "%d -> %d (every 100 cycles: %s)" % (server_base, server_end,
+                                                   " ".join(str(s["server_tasks"]) for s in samples)))
     report.add(section, "received by the recvonly cycles' sinks", "%d video frames, %d audio chunks"
                % (result["frames"]["video"], result["frames"]["audio"]))
     report.add(section, "on_disconnect", "; ".join("%s x%d" % kv for kv in result["ends"].items()))
@@ -250,3 +279,7 @@ def test_connect_disconnect_cycles(report):
     assert end_fds <= base_fds, (base_fds, end_fds)
     assert end_tasks <= base_tasks and end_threads <= base_threads, (result["baseline"], result["end"],
                                                                      result["task_names"])
+    # The server's peers are shim peers too: every receiver that left used to leave a forward branch (and its
+    # queue thread) on the long-lived sender's tee, ~2 threads per recvonly cycle. The slack only absorbs
+    # server-side teardowns still in progress.
+    assert server_end <= server_base + SERVER_TASKS_SLACK, (server_base, server_end, samples)

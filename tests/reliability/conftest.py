@@ -78,7 +78,8 @@ class Report:
                  "Written by `make test-reliability%s` (tests/reliability/) on %s; %s %s, %d CPU cores." % (
                      " PY=pypy3" if impl == "PyPy" else "", time.strftime("%Y-%m-%d %H:%M", time.localtime()),
                      impl, platform.python_version(), os.cpu_count() or 0),
-                 "Loopback only; the real engine (GStreamer webrtcbin) and the local Sora server, no mocks.", ""]
+                 "Loopback only; the real engine (GStreamer webrtcbin) and the local Sora server, no mocks.",
+                 "The shim under AddressSanitizer (`make test-asan`) is recorded in benchmarks/ASAN.md.", ""]
         order = ["fuzz", "lifetime", "faults", "load"]
         for section in sorted(self.sections, key=lambda s: (order.index(s) if s in order else 99, s)):
             lines.append("## %s" % section)

@@ -171,6 +171,13 @@ class ServerProcess:
             pass
         return 0
 
+    def task_count(self) -> int:
+        """Threads of the server process (0 once it is gone)."""
+        try:
+            return len(os.listdir("/proc/%d/task" % self.proc.pid))
+        except OSError:
+            return 0
+
     def cpu_seconds(self) -> float:
         with open("/proc/%d/stat" % self.proc.pid) as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
