@@ -104,6 +104,7 @@ class Cycles:
         self.feeder = Feeder(self.video, self.audio)
         self.frames = {"video": 0, "audio": 0}
         self.first_frame: List[float] = []
+        self.dc_open: List[float] = []  # connected -> "#life" open, per DC cycle
         self.ends: Dict[str, int] = {}
         # the long-lived sender of the recvonly cycles' channel
         self.sender_sora = sora_sdk.Sora()
@@ -167,7 +168,11 @@ class Cycles:
             assert rec.connected.wait(15), (i, rec.events)
             assert wait_until(lambda: conn.connection_state == "connected", 15), (i, conn.connection_state)
             if kind == 2:
-                assert wait_until(lambda: ("#life",) in rec.of("data_channel"), 10), (i, rec.events)
+                # SCTP starts once DTLS is up; an INIT the other side drops (its DTLS not ready yet) is resent
+                # after usrsctp's RTO: 3 s, then 6 s, 12 s, so an open can take 3-21 s. Wait 30 s; report the slowest.
+                waited = time.monotonic()
+                assert wait_until(lambda: ("#life",) in rec.of("data_channel"), 30), (i, rec.events)
+                self.dc_open.append(time.monotonic() - waited)
                 assert conn.send_data_channel("#life", b"cycle %d" % i)
             elif kind == 0:
                 assert wait_until(lambda: len(sinks) == 2, 10), (i, rec.events)
@@ -242,6 +247,7 @@ def run_cycles() -> dict:
     return {"took": time.monotonic() - started, "cpu": time.process_time() - cpu0, "baseline": baseline,
             "server_tasks": server_tasks,
             "end": end, "samples": samples, "frames": cycles.frames, "ends": cycles.ends,
+            "dc_open": sorted(cycles.dc_open)[-3:], "dc_slow": sum(1 for t in cycles.dc_open if t > 2.0),
             "task_names": [base_tasks_names, task_names()]}
 
 
@@ -275,6 +281,8 @@ def test_connect_disconnect_cycles(report):
     report.add(section, "received by the recvonly cycles' sinks", "%d video frames, %d audio chunks"
                % (result["frames"]["video"], result["frames"]["audio"]))
     report.add(section, "on_disconnect", "; ".join("%s x%d" % kv for kv in result["ends"].items()))
+    report.add(section, "DC cycles: connected -> #label open, slowest 3 (opens over 2 s)",
+               "%s s (%d)" % (" ".join("%.2f" % t for t in result["dc_open"]), result["dc_slow"]))
     assert growth < RSS_LIMIT, samples
     assert end_fds <= base_fds, (base_fds, end_fds)
     assert end_tasks <= base_tasks and end_threads <= base_threads, (result["baseline"], result["end"],
