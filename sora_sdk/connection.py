@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from . import codec as codec_mod
@@ -141,6 +141,7 @@ class SoraConnection:
         self._peer: Optional[Peer] = None
         self._channels = DataChannels()
         self._dc_active = False
+        self._pending_switched: Optional[Tuple[str, dict]] = None  # "switched" that came before our signaling DC
         self._closing_mode: Optional[str] = None
         self._timers: List[threading.Timer] = []
         self._tracks: Dict[str, SoraMediaTrack] = {}
@@ -628,6 +629,12 @@ class SoraConnection:
             self._send_ws('{"type":"pong"}', report=False)
 
     def _handle_switched(self, text: str, message: dict) -> None:
+        if self._channels.get("signaling") is None:
+            # The server saw the channels open before our engine reported its end open: switch (and tell the
+            # application) once it does, so that nothing goes to a channel that cannot carry it yet.
+            self._pending_switched = (text, message)
+            return
+        self._pending_switched = None
         self._dc_active = True
         self._emit("on_switched", text)
         if message.get("ignore_disconnect_websocket") is True and self._ws is not None:
@@ -666,6 +673,8 @@ class SoraConnection:
             self._channels.opened(event.i0, event.str0)
             if self._channels.listed(event.str0):
                 self._emit("on_data_channel", event.str0)
+            if event.str0 == "signaling" and self._pending_switched is not None and self._state == CONNECTED:
+                self._handle_switched(*self._pending_switched)
         elif name == "data-channel-message":
             self._handle_server_input("a data channel message", self._on_dc_message, event.i0, event.str0,
                                       event.data)
