@@ -59,6 +59,15 @@ def _is_loopback_host(url: str) -> bool:
         return False
 
 
+def _utf8(text: str) -> bool:
+    """False for strings that cannot be UTF-8 (JSON's \\ud800-style escapes give lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _ice_servers(config: dict):
     """(stun-server, turn-server) URIs for webrtcbin from the offer's iceServers."""
     stun = turn = None
@@ -83,6 +92,8 @@ def _invalid_offer(message: dict) -> Optional[str]:
         return "offer has no sdp string"
     if "\x00" in message["sdp"]:
         return "offer sdp contains a NUL character"
+    if not _utf8(message["sdp"]):
+        return "offer sdp is not valid Unicode (lone surrogate)"
     if not isinstance(message.get("connection_id"), str):
         return "offer has no connection_id string"
     config = message.get("config")
@@ -98,6 +109,9 @@ def _invalid_offer(message: dict) -> Optional[str]:
         for key in ("username", "credential"):
             if key in server and not isinstance(server[key], str):
                 return "offer config.iceServers entry with a non-string %s" % key
+        texts = server["urls"] + [server.get(key) or "" for key in ("username", "credential")]
+        if not all(_utf8(t) for t in texts):
+            return "offer config.iceServers entry with a string that is not valid Unicode (lone surrogate)"
     channels = message.get("data_channels")
     if channels is not None:
         if not isinstance(channels, list) or not all(

@@ -257,6 +257,11 @@ MALFORMED = [
     ("offer-ice-server-without-urls", [raw_offer(sdp="v=0", connection_id="c",
                                                  config={"iceServers": [{"username": "u"}]})],
      Code.INTERNAL_ERROR, BAD_OFFER),
+    ("offer-ice-credential-lone-surrogate", [raw_offer(sdp="v=0", connection_id="c", config={"iceServers": [
+        {"urls": ["turn:127.0.0.1:3478"], "username": "u", "credential": "\udc80\udc80"}]})],
+     Code.INTERNAL_ERROR, BAD_OFFER + "offer config.iceServers entry with a string that is not valid Unicode"),
+    ("offer-sdp-lone-surrogate", [raw_offer(sdp="v=0\r\ns=\ud800\r\n", connection_id="c", config=VALID_CONFIG)],
+     Code.INTERNAL_ERROR, BAD_OFFER + "offer sdp is not valid Unicode"),
     ("offer-data-channels-not-list", [raw_offer(sdp="v=0", connection_id="c", config=VALID_CONFIG,
                                                 data_channels="x")], Code.INTERNAL_ERROR, BAD_OFFER),
     ("offer-garbage-sdp", [raw_offer(sdp="this is not an SDP", connection_id="c", config=VALID_CONFIG)],
