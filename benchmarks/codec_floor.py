@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -50,7 +49,7 @@ sys.path.insert(0, ROOT)
 
 import sora_sdk  # noqa: E402
 from benchmarks.common import Client, cpu_seconds  # noqa: E402
-from benchmarks.sfu_fanout import ServerProcess, percentile, read_stamp, stamp  # noqa: E402
+from benchmarks.sfu_fanout import LatencyMeter, ServerProcess, Stamper, percentile, stamp  # noqa: E402
 
 FPS = 30
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -78,69 +77,6 @@ def backgrounds(width: int, height: int, count: int = LOOP) -> List[np.ndarray]:
         frame[top:top + box, x:x + box] = 255
         frames.append(frame)
     return frames
-
-
-class Pusher:
-    """Pushes stamped frames at FPS on its own thread; `sent[counter]` is each frame's push time."""
-
-    def __init__(self, width: int, height: int, push) -> None:
-        self.push = push
-        self.sent: Dict[int, float] = {}
-        self.frames = 0
-        self._backgrounds = backgrounds(width, height)
-        self._buffer = np.empty((height, width, 3), np.uint8)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="floor-pusher", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        next_frame = time.perf_counter()
-        while not self._stop.is_set():
-            now = time.perf_counter()
-            if now >= next_frame:
-                counter = self.frames + 1
-                np.copyto(self._buffer, self._backgrounds[counter % LOOP])
-                stamp(self._buffer, counter)
-                self.sent[counter] = time.perf_counter()
-                self.push(self._buffer)
-                self.frames = counter
-                next_frame = max(next_frame + 1.0 / FPS, now)
-            time.sleep(max(0.0, min(next_frame - time.perf_counter(), 0.01)))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-class Meter:
-    """What on_frame does: read the counter back, keep the latency while recording."""
-
-    def __init__(self, pusher_ref: List[Optional[Pusher]]) -> None:
-        self.pusher_ref = pusher_ref
-        self.lock = threading.Lock()
-        self.samples: List[float] = []
-        self.frames = 0
-        self.recording = False
-
-    def on_bgr(self, frame: np.ndarray) -> None:
-        now = time.perf_counter()
-        counter = read_stamp(frame)
-        pusher = self.pusher_ref[0]
-        sent = pusher.sent.get(counter) if pusher is not None else None
-        with self.lock:
-            if not self.recording:
-                return
-            self.frames += 1
-            if sent is not None and 0 <= now - sent < 5:
-                self.samples.append((now - sent) * 1000)
-
-    def start(self) -> None:
-        with self.lock:
-            self.samples, self.frames, self.recording = [], 0, True
-
-    def stop(self) -> None:
-        with self.lock:
-            self.recording = False
 
 
 # ---------------------------------------------------------------------------- the floor (gst-launch-1.0)
@@ -179,7 +115,7 @@ class FrameFiles:
         loop = backgrounds(width, height)
         frame = np.empty((height, width, 3), np.uint8)
         with open(os.path.join(self.dir, "frames.bgr"), "wb") as f:
-            for counter in range(1, frames + 1):  # the content and counters the Pusher sends
+            for counter in range(1, frames + 1):  # the content and counters the Stamper sends
                 np.copyto(frame, loop[counter % LOOP])
                 stamp(frame, counter)
                 f.write(frame.tobytes())
@@ -277,16 +213,15 @@ def floor_kbps(files: FrameFiles, codec: str, kbps: int, frames: int = 150) -> f
 # ---------------------------------------------------------------------------- ours
 def harness_run(width: int, height: int, seconds: float) -> float:
     """CPU % of the harness alone: making and stamping frames, reading the counter back (no SDK)."""
-    pusher_ref: List[Optional[Pusher]] = [None]
-    meter = Meter(pusher_ref)
-    pusher_ref[0] = Pusher(width, height, meter.on_bgr)
+    meter = LatencyMeter()
+    meter.stamper = pusher = Stamper(meter.on_bgr, content=backgrounds(width, height))
     time.sleep(0.5)
     meter.start()
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     time.sleep(seconds)
     cpu1, t1 = cpu_seconds(), time.perf_counter()
     meter.stop()
-    pusher_ref[0].stop()
+    pusher.stop()
     return 100.0 * (cpu1 - cpu0) / (t1 - t0)
 
 
@@ -300,8 +235,7 @@ def _video_out(stats: list) -> dict:
 def ours_run(server: ServerProcess, codec: str, width: int, height: int, kbps: int, seconds: float,
              perf_out: Optional[str] = None) -> Dict[str, float]:
     channel = "floor-%s-%dx%d-%d" % (codec, width, height, int(time.time() * 1000) % 100000)
-    pusher_ref: List[Optional[Pusher]] = [None]
-    meter = Meter(pusher_ref)
+    meter = LatencyMeter()
     sinks = []
     with sora_sdk.Sora() as sora:
         video = sora.create_video_source()
@@ -320,7 +254,7 @@ def ours_run(server: ServerProcess, codec: str, width: int, height: int, kbps: i
 
         receiver.conn.on_track = on_track
         receiver.start()
-        pusher_ref[0] = Pusher(width, height, video.on_captured)
+        meter.stamper = pusher = Stamper(video.on_captured, content=backgrounds(width, height))
         time.sleep(WARMUP + 1.0)  # key frame, jitter buffer, rate controller settle
         meter.start()
         out0 = _video_out(json.loads(sender.conn.get_stats()))
@@ -332,7 +266,7 @@ def ours_run(server: ServerProcess, codec: str, width: int, height: int, kbps: i
         if perf is not None:
             perf.wait(30)
         out1 = _video_out(json.loads(sender.conn.get_stats()))
-        pusher_ref[0].stop()
+        pusher.stop()
         dropped = sum(s.dropped for s in sinks)
         receiver.conn.disconnect()
         sender.conn.disconnect()

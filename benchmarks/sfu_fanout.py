@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -85,15 +85,16 @@ def read_stamp(frame: np.ndarray) -> int:
 
 
 class Stamper:
-    """Pushes stamped frames (and Opus-bound audio) in real time; remembers each frame's push time."""
+    """Pushes stamped frames (and Opus-bound audio) in real time; remembers each frame's push time.
+    `content`: the looped pictures (default: backgrounds() at W x H)."""
 
-    def __init__(self, push_video, push_audio=None) -> None:
+    def __init__(self, push_video, push_audio=None, content: Optional[List[np.ndarray]] = None) -> None:
         self.push_video = push_video
         self.push_audio = push_audio
         self.sent: Dict[int, float] = {}
         self.frames = 0
-        self._backgrounds = backgrounds()
-        self._buffer = np.empty((H, W, 3), np.uint8)
+        self._backgrounds = content if content is not None else backgrounds()
+        self._buffer = np.empty_like(self._backgrounds[0])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-stamper", daemon=True)
         self._thread.start()
@@ -129,7 +130,10 @@ class Stamper:
 
 
 class LatencyMeter:
-    def __init__(self, stamper: Stamper) -> None:
+    """What on_frame does: read the counter back, keep the latency while recording. `stamper` may be set
+    after the meter is made (a sink that exists before the frames start)."""
+
+    def __init__(self, stamper: Optional[Stamper] = None) -> None:
         self.stamper = stamper
         self.lock = threading.Lock()
         self.samples: List[float] = []
@@ -139,7 +143,8 @@ class LatencyMeter:
     def on_bgr(self, frame: np.ndarray) -> None:
         now = time.perf_counter()
         counter = read_stamp(frame)
-        sent = self.stamper.sent.get(counter)
+        stamper = self.stamper
+        sent = stamper.sent.get(counter) if stamper is not None else None
         with self.lock:
             if not self.recording:
                 return
