@@ -48,8 +48,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import sora_sdk  # noqa: E402
-from benchmarks.common import Client, cpu_seconds  # noqa: E402
-from benchmarks.sfu_fanout import LatencyMeter, ServerProcess, Stamper, percentile, stamp  # noqa: E402
+from benchmarks.common import Client, ServerProcess, cpu_seconds  # noqa: E402
+from benchmarks.sfu_fanout import LatencyMeter, Stamper, percentile, stamp  # noqa: E402
 
 FPS = 30
 CLK_TCK = os.sysconf("SC_CLK_TCK")

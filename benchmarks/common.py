@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
+import subprocess
+import sys
 import threading
 import time
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds() -> float:
@@ -41,3 +48,44 @@ class Client:
         if not self.connected.wait(timeout):
             raise RuntimeError("not connected within %.0f s" % timeout)
         return time.perf_counter() - begin
+
+
+class ServerProcess:
+    """`python -m sora_sdk.testing` as a child process (its CPU apart from ours). `host`: listen and gather ICE on
+    that address instead of loopback; `python`: the interpreter; `new_session`: keep it out of our signals."""
+
+    def __init__(self, host: Optional[str] = None, python: Optional[str] = None, new_session: bool = False) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        args = [python or sys.executable, "-m", "sora_sdk.testing"]
+        if host:
+            args += ["--host", host, "--port", "0", "--ice-address", host]
+        else:
+            args += ["--port", "0"]
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, start_new_session=new_session)
+        self.signaling_url = None
+        deadline = time.monotonic() + 30
+        while self.signaling_url is None and time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("signaling_url="):
+                self.signaling_url = line.strip().split("=", 1)[1]
+        if self.signaling_url is None:
+            self.close()
+            raise RuntimeError("the local Sora server did not start")
+
+    def cpu_seconds(self) -> float:
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

@@ -91,6 +91,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from benchmarks.common import ServerProcess  # noqa: E402
 from tests.official_peer import (OFFICIAL_VERSION, NetNS, NetNSUnavailable,  # noqa: E402
                                  OfficialUnavailable, official_python)
 
@@ -114,37 +115,6 @@ class JobFailed(Exception):
 
 
 # --------------------------------------------------------------------------- processes
-class Server:
-    """`python -m sora_sdk.testing` on the root-side veth address (root namespace)."""
-
-    def __init__(self, host: str) -> None:
-        python = OURS_PY if os.path.exists(OURS_PY) else sys.executable
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen([python, "-m", "sora_sdk.testing", "--host", host, "--port", "0",
-                                      "--ice-address", host], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-        self.signaling_url = None
-        deadline = time.monotonic() + 30
-        while self.signaling_url is None and time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("signaling_url="):
-                self.signaling_url = line.strip().split("=", 1)[1]
-        if self.signaling_url is None:
-            self.close()
-            raise RuntimeError("the local Sora server did not start")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 class Worker:
     """One compare_worker.py process inside the namespace; JSON events from its stdout."""
 
@@ -239,7 +209,7 @@ def udp_drops(ns=None) -> tuple:
 
 # --------------------------------------------------------------------------- the plan
 class Bench:
-    def __init__(self, args, ns: NetNS, server: Server, pythons: dict) -> None:
+    def __init__(self, args, ns: NetNS, server: ServerProcess, pythons: dict) -> None:
         self.args = args
         self.ns = ns
         self.url = server.signaling_url
@@ -690,7 +660,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     server = None
     try:
-        server = Server(ns.host_addr)
+        server = ServerProcess(ns.host_addr, OURS_PY, new_session=True)  # on the root-side veth address
         log("server %s; namespace %s (%s <-> %s); official %s" % (server.signaling_url, ns.name, ns.host_addr,
                                                                   ns.peer_addr, official))
         bench = Bench(args, ns, server, pythons)

@@ -30,7 +30,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -43,7 +42,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import sora_sdk  # noqa: E402
-from benchmarks.common import Client, cpu_seconds  # noqa: E402
+from benchmarks.common import Client, ServerProcess, cpu_seconds  # noqa: E402
 from sora_sdk._ffi import check, ffi, lib  # noqa: E402
 from sora_sdk.context import Context  # noqa: E402
 from sora_sdk.media.sink import EngineSink, frame_view  # noqa: E402
@@ -53,7 +52,6 @@ W, H, FPS = 640, 480, 30
 BITS = 24
 BLOCK = 16
 DECODING = 4  # receivers that decode (latency, fps); the rest only receive
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------- frames
@@ -231,39 +229,6 @@ def direct_latency(seconds: float, bitrate: int) -> Dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- the SFU runs
-class ServerProcess:
-    def __init__(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sora_sdk.testing", "--port", "0"], cwd=ROOT,
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.signaling_url = None
-        deadline = time.monotonic() + 30
-        while self.signaling_url is None and time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("signaling_url="):
-                self.signaling_url = line.strip().split("=", 1)[1]
-        if self.signaling_url is None:
-            self.close()
-            raise RuntimeError("the local Sora server did not start")
-
-    def cpu_seconds(self) -> float:
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 def fanout_run(sora, server: ServerProcess, receivers: int, seconds: float, bitrate: int) -> Dict[str, float]:
     channel = "fanout-%d" % receivers
     video = sora.create_video_source()
