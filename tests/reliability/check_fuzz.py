@@ -612,6 +612,23 @@ class SocketFuzz:
             self.sent += 1
             return live_message(self.mutator, 0.02)
 
+    def reply_or_hang(self, session, type_: str, start: int, payload: Any, hang: str):
+        """The client's `type_` message from index `start`, or None after HANG_BOUND (counted as a hang with the
+        `hang` % HANG_BOUND text unless the connection ended). `payload` is attributed either way."""
+        try:
+            reply = session.wait_message(type_, timeout=HANG_BOUND, start=start)
+        except TimeoutError:
+            if not session.ended.is_set():
+                self.crashes.add("sockets", hang % HANG_BOUND, payload)
+                self.hangs += 1
+            self.attribute(payload)
+            return None
+        except ScriptAborted:
+            self.attribute(payload)
+            raise
+        self.attribute(payload)
+        return reply
+
     def attribute(self, example: Any) -> None:
         """SDK errors logged since the last call are crashes caused by `example` (the client answered a ping
         sent after it, or ended, so its handling is over)."""
@@ -656,19 +673,10 @@ class SocketFuzz:
                     session.send(message)
             else:
                 session.send(message)
-            try:
-                reply = session.wait_message("answer", timeout=HANG_BOUND)
-            except TimeoutError:
-                if not session.ended.is_set():
-                    self.crashes.add("sockets", "offer neither answered nor the connection ended within %.0f s"
-                                     % HANG_BOUND, payload)
-                    self.hangs += 1
-                self.attribute(payload)
+            reply = self.reply_or_hang(session, "answer", 0, payload,
+                                       "offer neither answered nor the connection ended within %.0f s")
+            if reply is None:
                 return
-            except ScriptAborted:
-                self.attribute(payload)
-                raise
-            self.attribute(payload)
             try:
                 session.apply_answer(reply.json["sdp"])
             except Exception:  # noqa: BLE001 - a mutated offer may get an answer our server peer cannot apply
@@ -681,19 +689,9 @@ class SocketFuzz:
                 self.inputs.setdefault(session.index, []).append(payload)
                 self.send(session, payload)
                 session.send('{"type":"ping"}')
-                try:
-                    session.wait_message("pong", timeout=HANG_BOUND, start=mark)
-                except TimeoutError:
-                    if not session.ended.is_set():
-                        self.crashes.add("sockets", "ping after a message unanswered for %.0f s (connection alive)"
-                                         % HANG_BOUND, payload)
-                        self.hangs += 1
-                    self.attribute(payload)
+                if self.reply_or_hang(session, "pong", mark, payload,
+                                      "ping after a message unanswered for %.0f s (connection alive)") is None:
                     return
-                except ScriptAborted:
-                    self.attribute(payload)
-                    raise
-                self.attribute(payload)
         except (ScriptAborted, wsm.WebSocketError, OSError):
             return
         finally:
