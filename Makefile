@@ -84,7 +84,7 @@ CXXFLAGS  ?= -O2 -g
 SHIM_CFLAGS   := $(CFLAGS) -fPIC $(WARN) -std=gnu11 -fvisibility=hidden -I$(INC_DIR) -I$(SRC_DIR)
 SHIM_CXXFLAGS := $(CXXFLAGS) -fPIC $(WARN) -std=gnu++17 -fvisibility=hidden -I$(INC_DIR) -I$(SRC_DIR)
 LDFLAGS   ?=
-LDLIBS    ?= -lz -ldl -lpthread -lm
+LDLIBS    ?= -lyuv -lz -ldl -lpthread -lm
 LINK      := $(if $(strip $(CXX_SRCS)),$(CXX),$(CC))
 
 SHIM      := $(BUILD_DIR)/libsora_c.so

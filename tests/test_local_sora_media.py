@@ -395,3 +395,30 @@ def test_sendrecv_clients_receive_each_other(local_sora, sora, cleanup):
         _assert_picture(me, other)
         _assert_tone(me, other)
         assert me.connection_id not in me.video  # nobody gets their own media back
+
+
+def _threads() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+def test_sinks_closed_mid_call_leave_no_branch_behind(local_sora, sora, cleanup):
+    """A sink closed while the connection goes on takes its branch (queue thread, depayloader, decoder) off the
+    track: opening and closing sinks does not add threads, and the sinks that stay keep receiving."""
+    sender = Sender(sora, local_sora.signaling_url, "closing")
+    cleanup.append(sender)
+    receiver = Receiver(sora, local_sora.signaling_url, "closing")
+    cleanup.append(receiver)
+    sid = sender.connection_id
+    assert wait_until(lambda: receiver.frames(sid) >= 5, 15), receiver.frames(sid)
+    track = next(t for t in receiver.tracks if t.kind == "video" and t.stream_id == sid)
+    before = _threads()
+    for _ in range(8):
+        got = threading.Event()
+        sink = sora_sdk.SoraVideoSink(track)
+        sink.on_frame = lambda frame, got=got: got.set()
+        assert got.wait(10)
+        sink.close()
+    assert wait_until(lambda: _threads() <= before + 3, 5), (before, _threads())
+    count = receiver.frames(sid)
+    assert wait_until(lambda: receiver.frames(sid) >= count + 10, 10), (count, receiver.frames(sid))

@@ -63,7 +63,6 @@ struct sora_link {
   sora_video_source *video;
   sora_audio_source *audio;
   gint last_width, last_height; /* caps currently set on appsrc */
-  gboolean i420;
 };
 /* Detach every link of `peer` from its sources (takes ctx->media_lock). */
 void sora_links_detach_peer(sora_context *ctx, GList **links);

@@ -1,6 +1,8 @@
 /* The receive side: sinks decode a remote track into frames; forwards re-send its RTP on another peer. */
 #include <string.h>
 
+#include <libyuv.h>
+
 #include "internal.h"
 
 /* ---- shared branch helpers ------------------------------------------------- */
@@ -27,6 +29,26 @@ static int add_branch(sora_peer *peer, GstElement *tee, GstElement **chain, gint
   gst_object_unref(teepad);
   if (r != GST_PAD_LINK_OK) return sora_fail(SORA_ERR_ENGINE, "cannot attach to the track (link result %d)", r);
   return SORA_OK;
+}
+
+/* Take a branch (its elements in order, chain[0] fed by a request pad of `tee`) out of a running pipeline: with
+ * the peer entered, not on a streaming thread. Releasing the tee's pad waits for a push on it to end, and later
+ * buffers are not sent to the branch; each element then stops (a queue's thread ends) and leaves the bin. */
+static void remove_branch(sora_peer *peer, GstElement *tee, GstElement **chain, gint n) {
+  GstPad *first = n > 0 && chain[0] ? gst_element_get_static_pad(chain[0], "sink") : NULL;
+  GstPad *tee_pad = first ? gst_pad_get_peer(first) : NULL;
+  if (tee_pad) {
+    gst_element_release_request_pad(tee, tee_pad);
+    gst_object_unref(tee_pad);
+  }
+  if (first) gst_object_unref(first);
+  GstBin *bin = GST_BIN(sora_peer_pipeline(peer));
+  for (gint i = 0; i < n; i++) {
+    if (!chain[i]) continue;
+    gst_element_set_locked_state(chain[i], TRUE);
+    gst_element_set_state(chain[i], GST_STATE_NULL);
+    if (GST_OBJECT_PARENT(chain[i]) == GST_OBJECT(bin)) gst_bin_remove(bin, chain[i]);
+  }
 }
 
 /* Ask the remote sender for a key frame (the engine turns this into RTCP PLI). */
@@ -71,6 +93,12 @@ typedef struct {
   GstMapInfo map;
 } frame_ref;
 
+/* A frame the sink thread converted (BGR) or repacked (I420 with padded rows) into memory of its own. */
+typedef struct {
+  sora_frame_head head;
+  uint8_t *pixels;
+} pixels_ref;
+
 struct sora_sink {
   sora_handle_base base;
   sora_child child;
@@ -86,6 +114,10 @@ struct sora_sink {
   gint format;
   GstElement *valve; /* owned reference */
   sora_peer *peer;   /* a memory reference (sora_peer_ref) until sora_sink_destroy */
+  GstElement *tee;   /* the track's tee and this sink's branch on it, in order: owned references that
+                      * sora_sink_destroy drops (the appsink's callbacks hold a sink reference) */
+  GstElement *branch[12];
+  gint branch_len;
 };
 
 static void frame_ref_release(void *ref) {
@@ -93,6 +125,12 @@ static void frame_ref_release(void *ref) {
   gst_buffer_unmap(gst_sample_get_buffer(f->sample), &f->map);
   gst_sample_unref(f->sample);
   g_free(f);
+}
+
+static void pixels_ref_release(void *ref) {
+  pixels_ref *p = ref;
+  g_free(p->pixels);
+  g_free(p);
 }
 
 SORA_C_API void sora_c_release(void *ref) {
@@ -133,6 +171,82 @@ static GstFlowReturn sink_new_sample(GstAppSink *appsink, gpointer data) {
   return GST_FLOW_OK;
 }
 
+static void sink_emit(sora_sink *sink, sora_event *ev) {
+  if (sink->base.callbacks.on_event)
+    sink->base.callbacks.on_event(sink->base.callbacks.user_data, ev); /* the callee owns ev->ref now */
+  else
+    sora_c_release(ev->ref);
+}
+
+/* Audio, and I420 video whose buffer is already tightly packed: handed out without a copy. */
+static void deliver_mapped(sora_sink *sink, GstSample *sample, sora_event *ev) {
+  frame_ref *ref = g_new0(frame_ref, 1);
+  ref->head.release = frame_ref_release;
+  ref->sample = sample;
+  if (!gst_buffer_map(gst_sample_get_buffer(sample), &ref->map, GST_MAP_READ)) {
+    gst_sample_unref(sample);
+    g_free(ref);
+    return;
+  }
+  ev->data = ref->map.data;
+  ev->size = ref->map.size;
+  ev->ref = ref;
+  sink_emit(sink, ev);
+}
+
+static gboolean i420_is_tight(const GstVideoFrame *f, gint w, gint h) {
+  gint cw = (w + 1) / 2, ch = (h + 1) / 2;
+  const guint8 *y = GST_VIDEO_FRAME_PLANE_DATA(f, 0);
+  return GST_VIDEO_FRAME_PLANE_STRIDE(f, 0) == w && GST_VIDEO_FRAME_PLANE_STRIDE(f, 1) == cw &&
+         GST_VIDEO_FRAME_PLANE_STRIDE(f, 2) == cw && (const guint8 *)GST_VIDEO_FRAME_PLANE_DATA(f, 1) == y + w * h &&
+         (const guint8 *)GST_VIDEO_FRAME_PLANE_DATA(f, 2) == y + w * h + cw * ch;
+}
+
+/* Decoded I420 to the layout the header promises: BGR rows of width*3 bytes (libyuv, BT.601 limited range, the
+ * matrix the sender converts with), or I420 planes back to back without row padding. Runs on the sink thread, so
+ * only frames that are delivered are converted and the decoder's thread never waits for it. */
+static void deliver_video(sora_sink *sink, GstSample *sample, sora_event *ev) {
+  GstVideoInfo info;
+  GstVideoFrame f;
+  if (!gst_video_info_from_caps(&info, gst_sample_get_caps(sample)) ||
+      GST_VIDEO_INFO_FORMAT(&info) != GST_VIDEO_FORMAT_I420 ||
+      !gst_video_frame_map(&f, &info, gst_sample_get_buffer(sample), GST_MAP_READ)) {
+    gst_sample_unref(sample);
+    return;
+  }
+  gint w = GST_VIDEO_INFO_WIDTH(&info), h = GST_VIDEO_INFO_HEIGHT(&info), cw = (w + 1) / 2, ch = (h + 1) / 2;
+  gboolean bgr = sink->format == SORA_SINK_VIDEO_BGR;
+  if (!bgr && i420_is_tight(&f, w, h)) {
+    gst_video_frame_unmap(&f);
+    deliver_mapped(sink, sample, ev);
+    return;
+  }
+  gsize ysize = (gsize)w * h, csize = (gsize)cw * ch, size = bgr ? ysize * 3 : ysize + 2 * csize;
+  pixels_ref *ref = g_new0(pixels_ref, 1);
+  ref->head.release = pixels_ref_release;
+  ref->pixels = g_try_malloc(size);
+  if (ref->pixels) {
+    const guint8 *y = GST_VIDEO_FRAME_PLANE_DATA(&f, 0), *u = GST_VIDEO_FRAME_PLANE_DATA(&f, 1),
+                 *v = GST_VIDEO_FRAME_PLANE_DATA(&f, 2);
+    gint sy = GST_VIDEO_FRAME_PLANE_STRIDE(&f, 0), su = GST_VIDEO_FRAME_PLANE_STRIDE(&f, 1),
+         sv = GST_VIDEO_FRAME_PLANE_STRIDE(&f, 2);
+    if (bgr)
+      I420ToRGB24(y, sy, u, su, v, sv, ref->pixels, w * 3, w, h); /* libyuv's RGB24 is B, G, R in memory */
+    else
+      I420Copy(y, sy, u, su, v, sv, ref->pixels, w, ref->pixels + ysize, cw, ref->pixels + ysize + csize, cw, w, h);
+  }
+  gst_video_frame_unmap(&f);
+  gst_sample_unref(sample);
+  if (!ref->pixels) {
+    g_free(ref);
+    return;
+  }
+  ev->data = ref->pixels;
+  ev->size = size;
+  ev->ref = ref;
+  sink_emit(sink, ev);
+}
+
 static void sink_deliver(sora_sink *sink, GstSample *sample) {
   GstCaps *caps = gst_sample_get_caps(sample);
   GstBuffer *buf = gst_sample_get_buffer(sample);
@@ -140,33 +254,19 @@ static void sink_deliver(sora_sink *sink, GstSample *sample) {
     gst_sample_unref(sample);
     return;
   }
-  frame_ref *ref = g_new0(frame_ref, 1);
-  ref->head.release = frame_ref_release;
-  ref->sample = sample;
-  if (!gst_buffer_map(buf, &ref->map, GST_MAP_READ)) {
-    gst_sample_unref(sample);
-    g_free(ref);
-    return;
-  }
   const GstStructure *st = gst_caps_get_structure(caps, 0);
-  sora_event ev = {.data = ref->map.data, .size = ref->map.size, .ref = ref,
-                   .i2 = GST_BUFFER_PTS_IS_VALID(buf) ? (gint64)(GST_BUFFER_PTS(buf) / 1000) : -1};
+  sora_event ev = {.i2 = GST_BUFFER_PTS_IS_VALID(buf) ? (gint64)(GST_BUFFER_PTS(buf) / 1000) : -1};
   gint a = 0, b = 0;
-  if (sink->format == SORA_SINK_AUDIO_S16) {
-    ev.type = SORA_EVENT_AUDIO_FRAME;
-    gst_structure_get_int(st, "rate", &a);
-    gst_structure_get_int(st, "channels", &b);
-  } else {
-    ev.type = SORA_EVENT_VIDEO_FRAME;
-    gst_structure_get_int(st, "width", &a);
-    gst_structure_get_int(st, "height", &b);
-  }
+  gboolean audio = sink->format == SORA_SINK_AUDIO_S16;
+  ev.type = audio ? SORA_EVENT_AUDIO_FRAME : SORA_EVENT_VIDEO_FRAME;
+  gst_structure_get_int(st, audio ? "rate" : "width", &a);
+  gst_structure_get_int(st, audio ? "channels" : "height", &b);
   ev.i0 = a;
   ev.i1 = b;
-  if (sink->base.callbacks.on_event)
-    sink->base.callbacks.on_event(sink->base.callbacks.user_data, &ev); /* the callee owns ref now */
+  if (audio)
+    deliver_mapped(sink, sample, &ev);
   else
-    sora_c_release(ref);
+    deliver_video(sink, sample, &ev);
 }
 
 static gpointer sink_main(gpointer data) {
@@ -397,8 +497,8 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
     if (cfg.sample_rate) gst_caps_set_simple(want, "rate", G_TYPE_INT, cfg.sample_rate, NULL);
     if (cfg.channels) gst_caps_set_simple(want, "channels", G_TYPE_INT, cfg.channels, NULL);
   } else {
-    want = gst_caps_new_simple("video/x-raw", "format", G_TYPE_STRING,
-                               cfg.format == SORA_SINK_VIDEO_I420 ? "I420" : "BGR", NULL);
+    /* BGR sinks too: their sink thread converts (deliver_video). */
+    want = gst_caps_new_simple("video/x-raw", "format", G_TYPE_STRING, "I420", NULL);
   }
   g_object_set(filter, "caps", want, NULL);
   gst_caps_unref(want);
@@ -465,6 +565,12 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
     goto out;
   }
   sink->peer = sora_peer_ref(peer);
+  sink->tee = gst_object_ref(tee);
+  for (gint i = 0; i < n; i++) sink->branch[sink->branch_len++] = gst_object_ref(chain[i]);
+  if (!audio) {
+    GstElement *rest[] = {conv, filter, appsink};
+    for (guint i = 0; i < G_N_ELEMENTS(rest); i++) sink->branch[sink->branch_len++] = gst_object_ref(rest[i]);
+  }
   sora_peer_add_child(peer, &sink->child);
   request_remote_key_frame(tee);
   *out = sink;
@@ -490,11 +596,22 @@ SORA_C_API int sora_sink_destroy(sora_sink *sink) {
   if (!sink) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "sink is NULL");
   if (sink->base.destroy_queued) return sora_fail(SORA_ERR_INVALID_STATE, "sink was already destroyed");
   sora_peer *peer = sink->peer;
+  gboolean attached = FALSE;
   if (peer && sora_peer_enter(peer) == SORA_OK) {
-    sora_peer_remove_child(peer, &sink->child);
+    attached = sora_peer_remove_child(peer, &sink->child);
     sora_peer_leave(peer);
   }
   sink_stop(sink, TRUE);
+  /* The connection goes on: take the branch off the track, so that a closed sink no longer depayloads, decodes and
+   * converts the stream (a peer being closed takes its whole pipeline down itself). */
+  if (attached && sora_peer_enter(peer) == SORA_OK) {
+    remove_branch(peer, sink->tee, sink->branch, sink->branch_len);
+    sora_peer_leave(peer);
+  }
+  for (gint i = 0; i < sink->branch_len; i++) gst_object_unref(sink->branch[i]);
+  sink->branch_len = 0;
+  if (sink->tee) gst_object_unref(sink->tee);
+  sink->tee = NULL;
   sink->peer = NULL;
   if (peer) sora_peer_unref(peer);
   sora_queue_destroy(&sink->base);
@@ -653,21 +770,7 @@ static void forward_remove_branch(sora_forward *f, sora_peer *src) {
   chain[2] = sink_pad ? gst_pad_get_parent_element(sink_pad) : NULL; /* the appsink (a reference) */
   if (sink_pad) gst_object_unref(sink_pad);
   if (valve_src) gst_object_unref(valve_src);
-  /* releasing the tee's pad waits for a push on it to end; later buffers are not sent to this branch */
-  GstPad *queue_sink = gst_element_get_static_pad(f->queue, "sink");
-  GstPad *tee_pad = queue_sink ? gst_pad_get_peer(queue_sink) : NULL;
-  if (tee_pad) {
-    gst_element_release_request_pad(f->src_tee, tee_pad);
-    gst_object_unref(tee_pad);
-  }
-  if (queue_sink) gst_object_unref(queue_sink);
-  GstBin *bin = GST_BIN(sora_peer_pipeline(src));
-  for (guint i = 0; i < G_N_ELEMENTS(chain); i++) {
-    if (!chain[i]) continue;
-    gst_element_set_locked_state(chain[i], TRUE);
-    gst_element_set_state(chain[i], GST_STATE_NULL); /* the queue's thread ends here */
-    if (GST_OBJECT_PARENT(chain[i]) == GST_OBJECT(bin)) gst_bin_remove(bin, chain[i]);
-  }
+  remove_branch(src, f->src_tee, chain, 3);
   if (chain[2]) gst_object_unref(chain[2]); /* the appsink goes, and with it its callbacks' forward reference */
 }
 
