@@ -122,20 +122,23 @@ def test_official_sender_reaches_and_keeps_to_video_bit_rate(env, rate):
                     reached = now - connected
                     deadline = min(deadline, max(now + 5.0, connected + 10.0))  # then watch the ceiling
         time.sleep(0.5)
-    server_kbps = (interop.inbound_by_kind(env.server.stats(cid)).get("video", 0) - server_before) * 8 \
-        / (time.monotonic() - connected) / 1000
+    server_bytes = interop.inbound_by_kind(env.server.stats(cid)).get("video", 0) - server_before
+    client_bytes = video_bytes_sent(client.request("stats")["stats"]) or 0  # after the server's count
+    server_kbps = server_bytes * 8 / (time.monotonic() - connected) / 1000
     shown = ", ".join("%.1fs %.0f" % r for r in rates)
     print("[result] official VP8 sender, video_bit_rate %d: reached %.0f%% at %s s; kbps by 2 s window: %s; "
-          "server received %.0f kbps on average; %s"
+          "server received %.0f kbps on average (%d of the sender's %d bytes); %s"
           % (rate, REACH * 100, "%.1f" % reached if reached is not None else "never", shown, server_kbps,
-             "; ".join(states)))
+             server_bytes, client_bytes, "; ".join(states)))
     assert reached is not None and reached <= REACH_S, (rate, shown)
     top = max(kbps for _, kbps in rates)
     assert top <= CEILING * rate, (rate, top, shown)
 
-    # the server saw it too (on average since connection.created, the ramp included: without feedback it
-    # is ~0.3 of 1000 kbps and ~0.12 of 2500), and fed back transport-cc all along (no REMB)
-    assert 0.45 * rate <= server_kbps <= CEILING * rate, (rate, server_kbps)
+    # the server received what the sender says it sent (the sender's count starts a little earlier), and fed
+    # back transport-cc all along (no REMB). Not a share of `rate`: libwebrtc may start at 320x240 on noisy
+    # content and its quality scaler then lowers the rate on its own after the ramp (seen once: 757 -> 250 kbps)
+    assert 0.8 * client_bytes <= server_bytes <= 1.05 * client_bytes, (rate, server_bytes, client_bytes)
+    assert server_kbps <= CEILING * rate, (rate, server_kbps)
     feedback = rtcp_sent(env.server.stats(cid))
     assert feedback["transport-cc"] >= 10 * (time.monotonic() - connected) and feedback["remb"] == 0, feedback
     env.finish(client)
