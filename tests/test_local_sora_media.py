@@ -422,3 +422,54 @@ def test_sinks_closed_mid_call_leave_no_branch_behind(local_sora, sora, cleanup)
     assert wait_until(lambda: _threads() <= before + 3, 5), (before, _threads())
     count = receiver.frames(sid)
     assert wait_until(lambda: receiver.frames(sid) >= count + 10, 10), (count, receiver.frames(sid))
+
+
+def test_pauses_in_the_video_lose_no_packets(local_sora, sora, cleanup):
+    """A sender that stops capturing for 0.7 s now and then (longer than any queue on the way holds), with
+    frames of several packets: the receiver gets every packet and needs no key frame. Queues bounded in time took
+    each pause for a backlog and dropped packets of the first frame after it, in the server's forward and in the
+    receiver's sink."""
+    video = sora.create_video_source()
+    conn = sora.create_connection(signaling_urls=[local_sora.signaling_url], role="sendonly", channel_id="pauses",
+                                  video_source=video, audio=False, video_codec_type="VP8", video_bit_rate=3000)
+    rec = Recorder(conn)
+    conn.connect()
+    assert rec.connected.wait(15), rec.events
+    receiver = Receiver(sora, local_sora.signaling_url, "pauses", audio=False)
+    cleanup.append(receiver)
+    paused = threading.Event()
+    stop = threading.Event()
+    noise = np.random.default_rng(7).integers(0, 256, (8, 480, 640, 3), dtype=np.uint8)  # ~8 KB frames
+
+    def feed() -> None:
+        n = 0
+        while not stop.wait(1 / 30):
+            if not paused.is_set():
+                video.on_captured(noise[n % len(noise)])
+                n += 1
+
+    feeder = threading.Thread(target=feed, name="test-pauses-feeder", daemon=True)
+    feeder.start()
+    try:
+        sid = rec.connection_id
+        assert wait_until(lambda: receiver.frames(sid) >= 10, 15), receiver.frames(sid)
+
+        def counters():
+            inbound = [s for s in receiver.stats() if s["type"] == "inbound-rtp" and s["kind"] == "video"]
+            outbound = [s for s in json.loads(conn.get_stats())
+                        if s["type"] == "outbound-rtp" and s["kind"] == "video"]
+            return inbound[0].get("packetsLost", 0), outbound[0].get("keyFramesEncoded", 0)
+
+        time.sleep(1.0)  # past the start's key frames
+        before = counters()
+        for _ in range(8):
+            paused.set()
+            time.sleep(0.7)
+            paused.clear()
+            count = receiver.frames(sid)
+            assert wait_until(lambda: receiver.frames(sid) >= count + 10, 10), (count, receiver.frames(sid))
+        assert counters() == before, (before, counters())
+    finally:
+        stop.set()
+        feeder.join(5)
+        conn.disconnect()

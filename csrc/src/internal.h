@@ -22,6 +22,13 @@ void sora_engine_init(void);
 /* Registers sorartpav1pay / sorartpav1depay (once; called by the engine start). */
 void sora_register_av1_elements(void);
 
+/* ---- RTP pacer (pacer.c) ---- */
+/* Registers sorapacer (once). */
+void sora_register_pacer(void);
+/* A "queue ! sorapacer" pair for the end of a video send branch, paced at 2.5 x `stream_bps` (both NULL when
+ * the elements cannot be made: the branch then goes unpaced). */
+void sora_pacer_make(guint stream_bps, GstElement **queue, GstElement **pacer);
+
 /* ---- dispatcher (context.c) ---- */
 typedef struct sora_handle_base sora_handle_base;
 typedef void (*sora_free_fn)(sora_handle_base *handle);

@@ -551,6 +551,18 @@ void sora_peer_unref(sora_peer *peer) {
 
 static void peer_free(sora_handle_base *base) { sora_peer_unref((sora_peer *)base); }
 
+/* NACK only what is known to be missing. By default rtpjitterbuffer also expects the packet after the last one
+ * within a packet interval, asks for it again and again, and once the latency has passed declares it lost, and
+ * drops it when it does arrive: a frame that takes longer than that to encode (an AV1 1280x720 key frame) lost
+ * the start of the next one, so the decoder waited for a key frame and asked for one (PLI), whose encoding took
+ * as long again: the stream fell to 2 key frames a second. Gaps are still NACKed as they are seen (as libwebrtc
+ * does) and lost after the latency. */
+static void on_new_jitterbuffer(GstElement *rtpbin, GstElement *jitterbuffer, guint session, guint ssrc,
+                                gpointer data) {
+  (void)rtpbin, (void)session, (void)ssrc, (void)data;
+  g_object_set(jitterbuffer, "rtx-next-seqnum", FALSE, NULL);
+}
+
 SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *config, const sora_callbacks *callbacks,
                                 sora_peer **out) {
   sora_clear_error();
@@ -582,6 +594,11 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   if (cfg.turn_server) g_object_set(webrtc, "turn-server", cfg.turn_server, NULL);
   gst_bin_add(GST_BIN(peer->pipeline), webrtc);
   sora_rtcp_sent_attach(webrtc); /* RTCP counts in the stats ("sora-rtcp-sent") */
+  GstElement *rtpbin = gst_bin_get_by_name(GST_BIN(webrtc), "rtpbin");
+  if (rtpbin) {
+    g_signal_connect(rtpbin, "new-jitterbuffer", G_CALLBACK(on_new_jitterbuffer), NULL);
+    gst_object_unref(rtpbin);
+  }
 
   GObject *ice = NULL, *again = NULL;
   g_object_get(webrtc, "ice-agent", &ice, NULL);
@@ -1083,7 +1100,7 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   g_free(encoding);
   guint limit_bps = 0; /* TWCC / REMB feedback, the offer's b=AS */
   sora_bwe_prepare_send(peer->webrtc, mline, p->payload_type, rtp_caps, pay, &limit_bps);
-  GstElement *chain[12];
+  GstElement *chain[16];
   gint n = 0;
   chain[n++] = src;
   chain[n++] = queue;
@@ -1097,6 +1114,12 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   if (filter) chain[n++] = filter;
   n += add_send_transform(peer, mline, p, ssrc, "video", &chain[n]);
   chain[n++] = pay;
+  GstElement *pace_queue = NULL, *pacer = NULL;
+  sora_pacer_make(kbps * 1000, &pace_queue, &pacer);
+  if (pacer) {
+    chain[n++] = pace_queue;
+    chain[n++] = pacer;
+  }
   gst_object_ref(src);
   gst_object_ref(enc);
   rc = attach_branch(peer, mline, chain, n, rtp_caps);

@@ -408,8 +408,21 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     goto out;
   }
   g_object_set(out_filter, "caps", rtp_caps, NULL);
-  GstElement *tail[] = {funnel, out_filter};
-  if ((rc = add_chain(bin, tail, 2))) {
+  /* one pacer for the layers together, as libwebrtc paces a sender's streams */
+  guint total_bps = 0;
+  for (gint i = 0; i < count; i++)
+    if (plan[i].active) total_bps += plan[i].bps;
+  GstElement *pace_queue = NULL, *pacer = NULL;
+  sora_pacer_make(total_bps, &pace_queue, &pacer);
+  GstElement *tail[4] = {funnel, out_filter};
+  gint n_tail = 2;
+  if (pacer) {
+    tail[1] = pace_queue;
+    tail[2] = pacer;
+    tail[3] = out_filter;
+    n_tail = 4;
+  }
+  if ((rc = add_chain(bin, tail, n_tail))) {
     unref_all(head, G_N_ELEMENTS(head));
     goto out;
   }
@@ -423,15 +436,14 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   if (sinkpad) gst_object_unref(sinkpad);
   if (link_rc != GST_PAD_LINK_OK) {
     rc = sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link_rc);
-    for (gint i = 0; i < 2; i++) {
+    for (gint i = 0; i < n_tail; i++) {
       gst_element_set_state(tail[i], GST_STATE_NULL);
       gst_bin_remove(bin, tail[i]);
     }
     unref_all(head, G_N_ELEMENTS(head));
     goto out;
   }
-  gst_element_sync_state_with_parent(out_filter);
-  gst_element_sync_state_with_parent(funnel);
+  for (gint i = n_tail - 1; i >= 0; i--) gst_element_sync_state_with_parent(tail[i]);
   GstWebRTCRTPTransceiver *trans = NULL;
   g_signal_emit_by_name(sora_peer_webrtc(peer), "get-transceiver", (gint)mline, &trans);
   if (trans) {
