@@ -87,3 +87,14 @@ class Recorder:
 @pytest.fixture
 def recorder():
     return Recorder
+
+
+def connected_video_sender(sora, url: str, channel_id: str, **options):
+    """A sendonly connection with a new video source (no audio), connected: (video source, connection, recorder)."""
+    video = sora.create_video_source()
+    conn = sora.create_connection(signaling_urls=[url], role="sendonly", channel_id=channel_id, video_source=video,
+                                  audio=False, **options)
+    rec = Recorder(conn)
+    conn.connect()
+    assert rec.connected.wait(15), rec.events
+    return video, conn, rec

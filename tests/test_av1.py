@@ -27,7 +27,7 @@ from sora_sdk._ffi import check, ffi, lib
 from sora_sdk.context import Context
 from sora_sdk.media.sink import EngineSink
 from sora_sdk.peer import Peer
-from tests.conftest import Recorder, wait_until
+from tests.conftest import Recorder, connected_video_sender, wait_until
 
 OBU_SEQUENCE_HEADER = 1
 OBU_TEMPORAL_DELIMITER = 2
@@ -543,12 +543,8 @@ def _pump(video, seconds: float, width: int = 320, height: int = 240, fps: float
 
 
 def test_sdk_sendonly_av1_reaches_the_server(local_sora, sora):
-    video = sora.create_video_source()
-    conn = sora.create_connection(signaling_urls=[local_sora.signaling_url], role="sendonly", channel_id="av1",
-                                  video_source=video, audio=False, video_codec_type="AV1", video_bit_rate=300)
-    rec = Recorder(conn)
-    conn.connect()
-    assert rec.connected.wait(15), rec.events
+    video, conn, rec = connected_video_sender(sora, local_sora.signaling_url, "av1", video_codec_type="AV1",
+                                              video_bit_rate=300)
     _pump(video, 1.5)
     assert wait_until(lambda: conn.connection_state == "connected", 10)
     stats = json.loads(conn.get_stats())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import sora_sdk
-from tests.conftest import Recorder, wait_until
+from tests.conftest import Recorder, connected_video_sender, wait_until
 from tests.media_pump import BAND, H, RATE, TONE, W, Pump
 
 # Two-colour frames (BGR): the left half and the right half of each sender's picture, below a
@@ -429,12 +429,8 @@ def test_pauses_in_the_video_lose_no_packets(local_sora, sora, cleanup):
     frames of several packets: the receiver gets every packet and needs no key frame. Queues bounded in time took
     each pause for a backlog and dropped packets of the first frame after it, in the server's forward and in the
     receiver's sink."""
-    video = sora.create_video_source()
-    conn = sora.create_connection(signaling_urls=[local_sora.signaling_url], role="sendonly", channel_id="pauses",
-                                  video_source=video, audio=False, video_codec_type="VP8", video_bit_rate=3000)
-    rec = Recorder(conn)
-    conn.connect()
-    assert rec.connected.wait(15), rec.events
+    video, conn, rec = connected_video_sender(sora, local_sora.signaling_url, "pauses", video_codec_type="VP8",
+                                              video_bit_rate=3000)
     receiver = Receiver(sora, local_sora.signaling_url, "pauses", audio=False)
     cleanup.append(receiver)
     paused = threading.Event()

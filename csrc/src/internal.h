@@ -22,6 +22,15 @@ void sora_engine_init(void);
 /* Registers sorartpav1pay / sorartpav1depay (once; called by the engine start). */
 void sora_register_av1_elements(void);
 
+/* ---- video encoders (encoder.c) ---- */
+/* A new element of `factory`, or NULL with the factory's name appended to the comma-separated `missing`. */
+GstElement *sora_make(const char *factory, GString *missing);
+/* The encoder for `codec` (VP8, VP9, H264, H265, AV1; `element` overrides H.264's x264enc), at `bps`, with what
+ * goes before it (`raw`: a raw caps filter, or NULL) and after it (`post`: a caps filter, or NULL), and the RTP
+ * payloader. Missing factories are appended to `missing`; an unknown codec is SORA_ERR_UNSUPPORTED. */
+int sora_video_encoder_make(const char *codec, const char *element, guint bps, GString *missing, GstElement **raw,
+                            GstElement **enc, GstElement **post, GstElement **pay);
+
 /* ---- RTP pacer (pacer.c) ---- */
 /* Registers sorapacer (once). */
 void sora_register_pacer(void);

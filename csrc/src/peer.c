@@ -866,12 +866,6 @@ static int impl_sora_peer_add_ice_candidate(sora_peer *peer, int32_t mline, cons
 
 /* ---- send branches -------------------------------------------------------- */
 
-static GstElement *make(const char *factory, GString *missing) {
-  GstElement *e = gst_element_factory_make(factory, NULL);
-  if (!e) g_string_append_printf(missing, "%s%s", missing->len ? ", " : "", factory);
-  return e;
-}
-
 /* Build elements (appsrc ! convert ! encoder ! payloader) and link them to webrtcbin's sink_<mline>. */
 static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gint n, GstCaps *rtp_caps) {
   GstBin *bin = GST_BIN(peer->pipeline);
@@ -992,84 +986,20 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   if ((rc = check_params(p, mline))) return rc;
   GString *missing = g_string_new(NULL);
   guint kbps = p->bitrate_kbps > 0 ? (guint)p->bitrate_kbps : 1000;
-  GstElement *src = make("appsrc", missing), *queue = make("queue", missing), *conv = make("videoconvert", missing);
+  GstElement *src = sora_make("appsrc", missing), *queue = sora_make("queue", missing), *conv = sora_make("videoconvert", missing);
   GstElement *enc = NULL, *pay = NULL, *filter = NULL, *rawfilter = NULL;
   const char *codec = p->codec;
   char *encoding = g_ascii_strup(codec, -1);
-  if (strcmp(encoding, "VP8") == 0 || strcmp(encoding, "VP9") == 0) {
-    gboolean vp8 = strcmp(encoding, "VP8") == 0;
-    enc = make(vp8 ? "vp8enc" : "vp9enc", missing);
-    pay = make(vp8 ? "rtpvp8pay" : "rtpvp9pay", missing);
-    if (enc) {
-      /* Real-time settings; one thread per stream (libvpx spin-waits on 2 cores). */
-      g_object_set(enc, "deadline", (gint64)1, "cpu-used", vp8 ? 8 : 7, "threads", 1, "lag-in-frames", 0,
-                   "end-usage", 1 /* cbr */, "target-bitrate", (gint)(kbps * 1000), "keyframe-max-dist", 3000,
-                   "error-resilient", vp8 ? 1 : 0, "undershoot", 95, "buffer-size", 1000, "buffer-initial-size", 500,
-                   "buffer-optimal-size", 600, NULL);
-    }
-    if (pay) g_object_set(pay, "picture-id-mode", 2 /* 15-bit */, NULL);
-  } else if (strcmp(encoding, "H264") == 0) {
-    char *chosen = chosen_encoder(peer, encoding);
-    gboolean openh264 = g_strcmp0(chosen, "openh264enc") == 0;
-    gboolean x264 = !chosen || g_strcmp0(chosen, "x264enc") == 0;
-    enc = make(chosen ? chosen : "x264enc", missing);
-    filter = make("capsfilter", missing);
-    pay = make("rtph264pay", missing);
-    if (enc && openh264) {
-      /* Cisco's OpenH264 (loaded from the application's path): real-time, one thread, bitrate control. */
-      gst_util_set_object_arg(G_OBJECT(enc), "rate-control", "bitrate");
-      gst_util_set_object_arg(G_OBJECT(enc), "usage-type", "camera");
-      gst_util_set_object_arg(G_OBJECT(enc), "complexity", "low");
-      g_object_set(enc, "bitrate", (guint)(kbps * 1000), "max-bitrate", (guint)(kbps * 1500), "gop-size", 3000,
-                   "multi-thread", 1, "enable-frame-skip", FALSE, NULL);
-    } else if (enc && x264) {
-      gst_util_set_object_arg(G_OBJECT(enc), "tune", "zerolatency");
-      gst_util_set_object_arg(G_OBJECT(enc), "speed-preset", "ultrafast");
-      g_object_set(enc, "bitrate", kbps, "key-int-max", 3000, "threads", 1, NULL);
-    } else if (enc && g_object_class_find_property(G_OBJECT_GET_CLASS(enc), "bitrate")) {
-      g_object_set(enc, "bitrate", kbps, NULL); /* other encoders (nvh264enc, vah264enc, ...) count in kbit/s */
-    }
-    g_free(chosen);
-    if (filter) {
-      GstCaps *fc = gst_caps_from_string("video/x-h264,profile=constrained-baseline,stream-format=byte-stream");
-      g_object_set(filter, "caps", fc, NULL);
-      gst_caps_unref(fc);
-    }
-    if (pay) g_object_set(pay, "config-interval", -1, "aggregate-mode", 1 /* zero-latency */, NULL);
-  } else if (strcmp(encoding, "H265") == 0) {
-    enc = make("x265enc", missing);
-    pay = make("rtph265pay", missing);
-    if (enc) {
-      gst_util_set_object_arg(G_OBJECT(enc), "tune", "zerolatency");
-      gst_util_set_object_arg(G_OBJECT(enc), "speed-preset", "ultrafast");
-      g_object_set(enc, "bitrate", kbps, "key-int-max", 3000, NULL);
-    }
-    if (pay) g_object_set(pay, "config-interval", -1, NULL);
-  } else if (strcmp(encoding, "AV1") == 0) {
-    /* libaom realtime, one thread; 4:2:0 (profile 0) input. Explicit quantizer bounds: libaom 3.6 aborts
-     * (rc_pick_q_and_bounds_no_stats_cbr assertion) with CBR and the element's default range. */
-    rawfilter = make("capsfilter", missing);
-    enc = make("av1enc", missing);
-    pay = make("sorartpav1pay", missing);
-    if (rawfilter) {
-      GstCaps *fc = gst_caps_from_string("video/x-raw,format=I420");
-      g_object_set(rawfilter, "caps", fc, NULL);
-      gst_caps_unref(fc);
-    }
-    if (enc) {
-      gst_util_set_object_arg(G_OBJECT(enc), "usage-profile", "realtime");
-      gst_util_set_object_arg(G_OBJECT(enc), "end-usage", "cbr");
-      g_object_set(enc, "cpu-used", 8, "threads", 1, "row-mt", FALSE, "lag-in-frames", 0, "target-bitrate", kbps,
-                   "min-quantizer", 10, "max-quantizer", 56, "keyframe-max-dist", 3000, "buf-sz", 1000,
-                   "buf-initial-sz", 500, "buf-optimal-sz", 600, NULL);
-    }
-  } else {
+  char *chosen = strcmp(encoding, "H264") == 0 ? chosen_encoder(peer, encoding) : NULL;
+  rc = sora_video_encoder_make(codec, chosen, kbps * 1000, missing, &rawfilter, &enc, &filter, &pay);
+  g_free(chosen);
+  if (rc) {
     g_free(encoding);
     g_string_free(missing, TRUE);
     GstElement *all[] = {src, queue, conv};
     for (guint i = 0; i < G_N_ELEMENTS(all); i++)
       if (all[i]) gst_object_unref(all[i]);
-    return sora_fail(SORA_ERR_UNSUPPORTED, "sending video codec %s is not supported by this engine", codec);
+    return rc;
   }
   if (missing->len) {
     rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for %s: %s", codec, missing->str);
@@ -1150,9 +1080,9 @@ static int impl_sora_peer_attach_audio_source(sora_peer *peer, sora_audio_source
   gint channels = 1, rate = 48000;
   if (sora_audio_source_caps(source, &channels, &rate)) return sora_fail(SORA_ERR_INVALID_STATE, "audio source is destroyed");
   GString *missing = g_string_new(NULL);
-  GstElement *src = make("appsrc", missing), *conv = make("audioconvert", missing),
-             *resample = make("audioresample", missing), *enc = make("opusenc", missing),
-             *pay = make("rtpopuspay", missing);
+  GstElement *src = sora_make("appsrc", missing), *conv = sora_make("audioconvert", missing),
+             *resample = sora_make("audioresample", missing), *enc = sora_make("opusenc", missing),
+             *pay = sora_make("rtpopuspay", missing);
   if (missing->len) {
     rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for Opus: %s", missing->str);
     GstElement *all[] = {src, conv, resample, enc, pay};

@@ -163,12 +163,6 @@ static void route_key_frames(GstElement *webrtc, GstElement *layers_funnel, cons
   gst_iterator_free(it);
 }
 
-static GstElement *make(const char *factory, GString *missing) {
-  GstElement *e = gst_element_factory_make(factory, NULL);
-  if (!e) g_string_append_printf(missing, "%s%s", missing->len ? ", " : "", factory);
-  return e;
-}
-
 static gboolean valid_rid(const char *rid) {
   if (!rid || !*rid || strlen(rid) > 32) return FALSE;
   for (const char *p = rid; *p; p++)
@@ -211,39 +205,14 @@ static int read_offer(sora_peer *peer, int32_t mline, char **mid, gint *mid_id, 
   return rc;
 }
 
-/* Encoder (and for H.264 a caps filter) and payloader of one layer at `bps`. */
+/* Encoder (and for H.264 a caps filter) and payloader of one layer at `bps` (encoder.c; VP8, VP9, H.264). */
 static int make_encoder(const char *codec, guint bps, GString *missing, GstElement **enc, GstElement **post,
                         GstElement **pay) {
-  *enc = *post = *pay = NULL;
-  if (g_ascii_strcasecmp(codec, "VP8") == 0 || g_ascii_strcasecmp(codec, "VP9") == 0) {
-    gboolean vp8 = g_ascii_strcasecmp(codec, "VP8") == 0;
-    *enc = make(vp8 ? "vp8enc" : "vp9enc", missing);
-    *pay = make(vp8 ? "rtpvp8pay" : "rtpvp9pay", missing);
-    if (*enc)
-      g_object_set(*enc, "deadline", (gint64)1, "cpu-used", vp8 ? 8 : 7, "threads", 1, "lag-in-frames", 0,
-                   "end-usage", 1 /* cbr */, "target-bitrate", (gint)bps, "keyframe-max-dist", 3000,
-                   "error-resilient", vp8 ? 1 : 0, "undershoot", 95, "buffer-size", 1000, "buffer-initial-size", 500,
-                   "buffer-optimal-size", 600, NULL);
-    if (*pay) g_object_set(*pay, "picture-id-mode", 2 /* 15-bit */, NULL);
-  } else if (g_ascii_strcasecmp(codec, "H264") == 0) {
-    *enc = make("x264enc", missing);
-    *post = make("capsfilter", missing);
-    *pay = make("rtph264pay", missing);
-    if (*enc) {
-      gst_util_set_object_arg(G_OBJECT(*enc), "tune", "zerolatency");
-      gst_util_set_object_arg(G_OBJECT(*enc), "speed-preset", "ultrafast");
-      g_object_set(*enc, "bitrate", MAX(bps / 1000, 1u), "key-int-max", 3000, "threads", 1, NULL);
-    }
-    if (*post) {
-      GstCaps *fc = gst_caps_from_string("video/x-h264,profile=constrained-baseline,stream-format=byte-stream");
-      g_object_set(*post, "caps", fc, NULL);
-      gst_caps_unref(fc);
-    }
-    if (*pay) g_object_set(*pay, "config-interval", -1, "aggregate-mode", 1 /* zero-latency */, NULL);
-  } else {
+  if (g_ascii_strcasecmp(codec, "VP8") != 0 && g_ascii_strcasecmp(codec, "VP9") != 0 &&
+      g_ascii_strcasecmp(codec, "H264") != 0)
     return sora_fail(SORA_ERR_UNSUPPORTED, "simulcast with codec %s is not supported by this engine", codec);
-  }
-  return SORA_OK;
+  GstElement *raw = NULL; /* only AV1 has one */
+  return sora_video_encoder_make(codec, NULL, bps, missing, &raw, enc, post, pay);
 }
 
 /* Add the RTP header extension `factory` with `id` to a payloader, set up by `prop` = `value`. */
@@ -396,9 +365,9 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   /* ---- funnel → caps → webrtcbin ---- */
   GstBin *bin = GST_BIN(sora_peer_pipeline(peer));
   GString *missing = g_string_new(NULL);
-  GstElement *funnel = make("rtpfunnel", missing), *out_filter = make("capsfilter", missing);
-  GstElement *src = make("appsrc", missing), *in_queue = make("queue", missing), *conv = make("videoconvert", missing),
-             *tee = make("tee", missing);
+  GstElement *funnel = sora_make("rtpfunnel", missing), *out_filter = sora_make("capsfilter", missing);
+  GstElement *src = sora_make("appsrc", missing), *in_queue = sora_make("queue", missing), *conv = sora_make("videoconvert", missing),
+             *tee = sora_make("tee", missing);
   GstElement *head[] = {src, in_queue, conv, tee};
   if (missing->len) {
     rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for simulcast: %s", missing->str);
@@ -479,8 +448,8 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   for (gint i = 0; i < count && rc == SORA_OK; i++) {
     layer_plan *l = &plan[i];
     if (!l->active) continue;
-    GstElement *queue = make("queue", missing), *scale = make("videoscale", missing),
-               *size = make("capsfilter", missing);
+    GstElement *queue = sora_make("queue", missing), *scale = sora_make("videoscale", missing),
+               *size = sora_make("capsfilter", missing);
     GstElement *enc = NULL, *post = NULL, *pay = NULL;
     rc = make_encoder(encoding, l->bps, missing, &enc, &post, &pay);
     GstElement *chain[7] = {queue, scale, size, enc, post, pay, NULL};
