@@ -1029,44 +1029,38 @@ static const char *preference_name(gint p) {
 
 /* Add the controller's view to the engine's statistics: fields on each of our outbound-rtp entries and a
  * "sora-bwe" entry. */
+/* (bwe->lock held) */
+static GstStructure *extend_outbound(const GstStructure *entry, guint ssrc, gpointer data) {
+  sora_bwe *bwe = data;
+  bwe_stream *s = NULL;
+  for (guint j = 0; j < bwe->streams->len && !s; j++) {
+    bwe_stream *c = g_ptr_array_index(bwe->streams, j);
+    if (c->ssrc == ssrc) s = c;
+  }
+  if (!s) return NULL;
+  GstStructure *copy = gst_structure_copy(entry);
+  g_mutex_lock(&s->lock);
+  gint w = s->enc_w, h = s->enc_h, scale_level = s->scale_level, fps_level = s->fps_level;
+  gint64 encoded = s->encoded, key_encoded = s->key_encoded;
+  gboolean suspended = s->suspended;
+  g_mutex_unlock(&s->lock);
+  gboolean limited = scale_level > 0 || fps_level > 0 || suspended || s->target_bps < s->max_bps * 0.95;
+  guint64 enc = s->prop ? get_uint_prop(G_OBJECT(s->encoder), s->prop) * s->unit : 0;
+  gst_structure_set(copy, "sora-target-bitrate", G_TYPE_UINT, s->target_bps, "sora-max-bitrate", G_TYPE_UINT,
+                    s->max_bps, "sora-encoder-bitrate", G_TYPE_UINT64, enc, "sora-quality-limitation",
+                    G_TYPE_STRING, limited ? "bandwidth" : "none", "sora-scale-level", G_TYPE_INT, scale_level,
+                    "sora-fps-level", G_TYPE_INT, fps_level, "sora-suspended", G_TYPE_BOOLEAN, suspended,
+                    "sora-frames-encoded", G_TYPE_INT64, encoded, "sora-key-frames-encoded", G_TYPE_INT64,
+                    key_encoded, NULL);
+  if (w > 0 && h > 0) gst_structure_set(copy, "sora-frame-width", G_TYPE_INT, w, "sora-frame-height", G_TYPE_INT, h, NULL);
+  if (s->fps_time && s->out_fps > 0) gst_structure_set(copy, "sora-frames-per-second", G_TYPE_DOUBLE, s->out_fps, NULL);
+  return copy;
+}
+
 void sora_bwe_annotate_stats(sora_bwe *bwe, GstStructure *all) {
   if (!bwe) return;
-  GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
-  for (gint i = 0; i < gst_structure_n_fields(all); i++) g_ptr_array_add(names, g_strdup(gst_structure_nth_field_name(all, i)));
   g_mutex_lock(&bwe->lock);
-  for (guint i = 0; i < names->len; i++) {
-    const char *name = g_ptr_array_index(names, i);
-    const GValue *v = gst_structure_get_value(all, name);
-    if (!v || G_VALUE_TYPE(v) != GST_TYPE_STRUCTURE) continue;
-    const GstStructure *entry = gst_value_get_structure(v);
-    guint ssrc = 0;
-    if (!entry || !gst_structure_has_name(entry, "outbound-rtp") || !gst_structure_get_uint(entry, "ssrc", &ssrc))
-      continue;
-    bwe_stream *s = NULL;
-    for (guint j = 0; j < bwe->streams->len && !s; j++) {
-      bwe_stream *c = g_ptr_array_index(bwe->streams, j);
-      if (c->ssrc == ssrc) s = c;
-    }
-    if (!s) continue;
-    GstStructure *copy = gst_structure_copy(entry);
-    g_mutex_lock(&s->lock);
-    gint w = s->enc_w, h = s->enc_h, scale_level = s->scale_level, fps_level = s->fps_level;
-    gint64 encoded = s->encoded, key_encoded = s->key_encoded;
-    gboolean suspended = s->suspended;
-    g_mutex_unlock(&s->lock);
-    gboolean limited = scale_level > 0 || fps_level > 0 || suspended || s->target_bps < s->max_bps * 0.95;
-    guint64 enc = s->prop ? get_uint_prop(G_OBJECT(s->encoder), s->prop) * s->unit : 0;
-    gst_structure_set(copy, "sora-target-bitrate", G_TYPE_UINT, s->target_bps, "sora-max-bitrate", G_TYPE_UINT,
-                      s->max_bps, "sora-encoder-bitrate", G_TYPE_UINT64, enc, "sora-quality-limitation",
-                      G_TYPE_STRING, limited ? "bandwidth" : "none", "sora-scale-level", G_TYPE_INT, scale_level,
-                      "sora-fps-level", G_TYPE_INT, fps_level, "sora-suspended", G_TYPE_BOOLEAN, suspended,
-                      "sora-frames-encoded", G_TYPE_INT64, encoded, "sora-key-frames-encoded", G_TYPE_INT64,
-                      key_encoded, NULL);
-    if (w > 0 && h > 0) gst_structure_set(copy, "sora-frame-width", G_TYPE_INT, w, "sora-frame-height", G_TYPE_INT, h, NULL);
-    if (s->fps_time && s->out_fps > 0) gst_structure_set(copy, "sora-frames-per-second", G_TYPE_DOUBLE, s->out_fps, NULL);
-    gst_structure_set(all, name, GST_TYPE_STRUCTURE, copy, NULL);
-    gst_structure_free(copy);
-  }
+  sora_stats_extend_rtp(all, "outbound-rtp", extend_outbound, bwe);
   GstStructure *st = gst_structure_new(
       "sora-bwe", "estimate", G_TYPE_UINT, bwe->streams->len ? bwe->estimate : 0, "max-bitrate", G_TYPE_UINT,
       bwe->max_total, "loss-based", G_TYPE_DOUBLE, MIN(bwe->loss_est, (double)bwe->max_total), "delay-based",
@@ -1078,7 +1072,6 @@ void sora_bwe_annotate_stats(sora_bwe *bwe, GstStructure *all) {
   g_mutex_unlock(&bwe->lock);
   gst_structure_set(all, "sora-bwe", GST_TYPE_STRUCTURE, st, NULL);
   gst_structure_free(st);
-  g_ptr_array_unref(names);
 }
 
 SORA_C_API int sora_peer_set_degradation_preference(sora_peer *peer, int32_t preference) {

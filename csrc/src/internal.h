@@ -210,5 +210,9 @@ void sora_decode_stats_annotate(sora_decode_stats *stats, GstStructure *entry);
 
 /* ---- stats (stats.c) ---- */
 char *sora_structure_to_json(const GstStructure *s);
+/* For each `type` entry ("outbound-rtp", "inbound-rtp") of the engine stats `all` that has an SSRC: `fn` returns
+ * an extended copy of it (which takes its place, the order of `all` unchanged), or NULL to leave it. */
+typedef GstStructure *(*sora_stats_extend_fn)(const GstStructure *entry, guint ssrc, gpointer data);
+void sora_stats_extend_rtp(GstStructure *all, const char *type, sora_stats_extend_fn fn, gpointer data);
 
 #endif

@@ -523,26 +523,21 @@ sora_decode_stats *sora_peer_decode_stats(sora_peer *peer, guint32 ssrc) {
 }
 
 /* Frame counts of the sinks on the inbound-rtp entries of a get-stats reply. */
+static GstStructure *extend_decoded(const GstStructure *entry, guint ssrc, gpointer data) {
+  sora_peer *peer = data;
+  g_mutex_lock(&peer->lock);
+  sora_decode_stats *stats = g_hash_table_lookup(peer->decoded, GUINT_TO_POINTER(ssrc));
+  if (stats) sora_decode_stats_ref(stats);
+  g_mutex_unlock(&peer->lock);
+  if (!stats) return NULL;
+  GstStructure *copy = gst_structure_copy(entry);
+  sora_decode_stats_annotate(stats, copy);
+  sora_decode_stats_unref(stats);
+  return copy;
+}
+
 static void annotate_decoded(sora_peer *peer, GstStructure *all) {
-  for (gint i = 0; i < gst_structure_n_fields(all); i++) {
-    const char *name = gst_structure_nth_field_name(all, i);
-    const GValue *v = gst_structure_get_value(all, name);
-    if (!v || G_VALUE_TYPE(v) != GST_TYPE_STRUCTURE) continue;
-    const GstStructure *entry = gst_value_get_structure(v);
-    guint ssrc = 0;
-    if (!entry || !gst_structure_has_name(entry, "inbound-rtp") || !gst_structure_get_uint(entry, "ssrc", &ssrc))
-      continue;
-    g_mutex_lock(&peer->lock);
-    sora_decode_stats *stats = g_hash_table_lookup(peer->decoded, GUINT_TO_POINTER(ssrc));
-    if (stats) sora_decode_stats_ref(stats);
-    g_mutex_unlock(&peer->lock);
-    if (!stats) continue;
-    GstStructure *copy = gst_structure_copy(entry);
-    sora_decode_stats_annotate(stats, copy);
-    sora_decode_stats_unref(stats);
-    gst_structure_set(all, name, GST_TYPE_STRUCTURE, copy, NULL); /* replaces field i: the order stays */
-    gst_structure_free(copy);
-  }
+  sora_stats_extend_rtp(all, "inbound-rtp", extend_decoded, peer);
 }
 
 void sora_peer_unref(sora_peer *peer) {

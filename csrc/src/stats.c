@@ -3,6 +3,21 @@
 
 #include "internal.h"
 
+void sora_stats_extend_rtp(GstStructure *all, const char *type, sora_stats_extend_fn fn, gpointer data) {
+  for (gint i = 0; i < gst_structure_n_fields(all); i++) {
+    const char *name = gst_structure_nth_field_name(all, i);
+    const GValue *v = gst_structure_get_value(all, name);
+    if (!v || G_VALUE_TYPE(v) != GST_TYPE_STRUCTURE) continue;
+    const GstStructure *entry = gst_value_get_structure(v);
+    guint ssrc = 0;
+    if (!entry || !gst_structure_has_name(entry, type) || !gst_structure_get_uint(entry, "ssrc", &ssrc)) continue;
+    GstStructure *extended = fn(entry, ssrc, data);
+    if (!extended) continue;
+    gst_structure_set(all, name, GST_TYPE_STRUCTURE, extended, NULL); /* replaces field i: the order stays */
+    gst_structure_free(extended);
+  }
+}
+
 static void json_string(GString *out, const char *s) {
   g_string_append_c(out, '"');
   for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
