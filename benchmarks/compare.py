@@ -537,10 +537,10 @@ def report(bench: Bench, args, elapsed: float) -> str:
     # ---- python overhead
     lines += ["", "### Python overhead per call (µs)", "",
               "on_captured: median wall time of one call with no connection, paced at 200 calls/s, and the "
-              "process CPU per call (including the SDK's own threads; the cost of making the frame is "
-              "subtracted). on_frame dispatch: CPU of the thread that calls `on_frame`, per frame, outside the "
-              "callback (ours: dequeue an already converted BGR frame and wrap it; official: I420 → BGR "
-              "conversion (libyuv) and wrapping on its per-sink queue thread), from the receive runs.", "",
+              "process CPU per call (including the SDK's own threads, after 1.5 s for start-up work; the cost of "
+              "making the frame is subtracted). Both SDKs convert BGR → I420 (libyuv) inside the call. on_frame "
+              "dispatch: CPU of the thread that calls `on_frame`, per frame, outside the callback (both: I420 → "
+              "BGR conversion (libyuv) and wrapping, on the sink's own thread), from the receive runs.", "",
               "| measurement | ours CPython | ours PyPy | official CPython | ratio (ours CPython / official) |",
               "|---|---|---|---|---|"]
     for w, h in ((640, 480), (1280, 720)):
