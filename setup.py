@@ -26,7 +26,7 @@ INC_DIR = os.path.join(HERE, "csrc", "include")
 BUILD_DIR = os.path.join(HERE, "build", "setuptools-shim")
 PKG_SHIM = os.path.join(HERE, "sora_sdk", "libsora_c.so")
 
-# Keep in sync with the Makefile.
+# Keep in sync with the Makefile (PKG_MODULES, CFLAGS, LDLIBS).
 PKG_MODULES = [
     "gstreamer-1.0", "gstreamer-webrtc-1.0", "gstreamer-sdp-1.0", "gstreamer-app-1.0",
     "gstreamer-video-1.0", "gstreamer-audio-1.0", "gstreamer-rtp-1.0", "gstreamer-pbutils-1.0",
@@ -36,7 +36,7 @@ CFLAGS = ["-O2", "-g", "-fPIC", "-Wall", "-Wextra", "-std=gnu11", "-fvisibility=
           "-I" + INC_DIR, "-I" + SRC_DIR]
 CXXFLAGS = ["-O2", "-g", "-fPIC", "-Wall", "-Wextra", "-std=gnu++17", "-fvisibility=hidden",
             "-I" + INC_DIR, "-I" + SRC_DIR]
-LDLIBS = ["-lz", "-ldl", "-lpthread", "-lm"]
+LDLIBS = ["-lyuv", "-lz", "-ldl", "-lpthread", "-lm"]  # as the Makefile
 
 
 def _run(cmd):
