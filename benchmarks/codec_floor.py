@@ -49,11 +49,10 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import sora_sdk  # noqa: E402
-from benchmarks.common import Client, ServerProcess, cpu_seconds  # noqa: E402
+from benchmarks.common import Client, ServerProcess, cpu_seconds, process_cpu_seconds, stop_process  # noqa: E402
 from benchmarks.sfu_fanout import LatencyMeter, Stamper, percentile, stamp  # noqa: E402
 
 FPS = 30
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SIZES = {(640, 480): 1000, (1280, 720): 2500}  # kbit/s
 CODECS = ("VP8", "VP9", "AV1", "H264")
 LOOP = 30  # distinct backgrounds (the picture repeats every second, as in sfu_fanout; the counter does not)
@@ -147,12 +146,6 @@ def floor_pipeline(files: FrameFiles, codec: str, kbps: int, conversions: bool) 
             % (files.source("I420"), encoder_desc(codec, kbps), DECODERS[codec]))
 
 
-def proc_cpu(pid: int) -> float:
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def read_position(pid: int, directory: str) -> Optional[int]:
     """How far the pipeline has read its frames file (the file offset of filesrc's descriptor)."""
     try:
@@ -182,18 +175,13 @@ def floor_run(files: FrameFiles, codec: str, kbps: int, conversions: bool, secon
         if proc.poll() is not None:
             raise RuntimeError("gst-launch-1.0 exited: %s\n%s" % (desc, proc.stderr.read().decode(errors="replace")))
         perf = start_perf(proc.pid, seconds, perf_out) if perf_out else None
-        pos0, cpu0, t0 = read_position(proc.pid, files.dir), proc_cpu(proc.pid), time.perf_counter()
+        pos0, cpu0, t0 = read_position(proc.pid, files.dir), process_cpu_seconds(proc.pid), time.perf_counter()
         time.sleep(seconds)
-        pos1, cpu1, t1 = read_position(proc.pid, files.dir), proc_cpu(proc.pid), time.perf_counter()
+        pos1, cpu1, t1 = read_position(proc.pid, files.dir), process_cpu_seconds(proc.pid), time.perf_counter()
         if perf is not None:
             perf.wait(30)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 10)
     cpu, elapsed = cpu1 - cpu0, t1 - t0
     frame_bytes = files.width * files.height * (3 if conversions else 1.5)
     fps = (pos1 - pos0) / frame_bytes / elapsed if pos0 is not None and pos1 is not None else float("nan")
@@ -302,7 +290,8 @@ def start_perf(pid: int, seconds: float, out: str) -> subprocess.Popen:
 # Shared objects grouped into what they do.
 GROUPS = [
     ("encoder + decoder (libvpx, libaom, x264, libav)", r"libvpx|libaom|libx264|libavcodec|libdav1d|libopenh264"),
-    ("pixel conversion (libyuv in ours; videoconvert: libgstvideo, orc)", r"libyuv|libgstvideo|liborc|libgstvideoconvert"),
+    ("pixel conversion (libyuv in ours; videoconvert: libgstvideo, orc)",
+     r"libyuv|libgstvideo|liborc|libgstvideoconvert"),
     ("RTP, jitter buffer, payloaders, RTCP (gst rtp/rtpmanager/vpx/webrtc)",
      r"libgstrtp|libgstrtpmanager|libgstwebrtc|libgstvpx|libgstaom|libgstx264|libgstlibav|libgstsctp|"
      r"libgstsrtp|libgstnice"),
@@ -445,7 +434,8 @@ def render(rows, harness, conversion, breakdown, seconds: float, runtime: float)
     lines += [""]
     cpu_ok = [v for v in verdicts if v[3] <= CPU_TARGET]
     cpu_missed = [v for v in verdicts if not v[3] <= CPU_TARGET]
-    lines.append("**Targets.** CPU <= %.2fx the raw encode + decode plus the same (libyuv) conversions: met by %d of %d "
+    lines.append("**Targets.** CPU <= %.2fx the raw encode + decode plus the same (libyuv) conversions: "
+                 "met by %d of %d "
                  "(%s)%s." % (CPU_TARGET, len(cpu_ok), len(verdicts),
                               ", ".join("%s %dx%d %.2fx" % (c, w, h, r) for c, w, h, r, _ in cpu_ok) or "none",
                               "; **missed** by %s" % ", ".join("%s %dx%d %.2fx" % (c, w, h, r)

@@ -91,7 +91,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import ServerProcess  # noqa: E402
+from benchmarks.common import ServerProcess, cpu_model  # noqa: E402
 from tests.official_peer import (OFFICIAL_VERSION, NetNS, NetNSUnavailable,  # noqa: E402
                                  OfficialUnavailable, official_python)
 
@@ -423,13 +423,7 @@ def verdict(value, limit: float, higher_is_better: bool = False) -> str:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return "%s, %d cores, Linux %s" % (model, os.cpu_count() or 0, platform.release())
+    return "%s, %d cores, Linux %s" % (cpu_model(), os.cpu_count() or 0, platform.release())
 
 
 def report(bench: Bench, args, elapsed: float) -> str:
@@ -438,6 +432,16 @@ def report(bench: Bench, args, elapsed: float) -> str:
     off_ready = bench.ready.get("official", {})
     pypy_ready = bench.ready.get("pypy", {})
     missed = []
+
+    def cpu_cells(part: str, row: str, codec: str, what: str):
+        """Ours and the official CPU % of a send or receive row, their ratio and its verdict (misses recorded)."""
+        ours, off = m(part, row, "ours", "cpu_pct"), m(part, row, "official", "cpu_pct")
+        rr = ratio(ours, off)
+        target = verdict(rr, 1.0) if codec in TARGET_CODECS else "(none)"
+        if target == "**MISSED**":
+            missed.append("%s CPU %s: ratio %.2f" % (what, row, rr))
+        return ours, off, rr, target
+
     lines = [
         "## Side by side with the official SDK", "",
         "Measured by `make bench-compare` (benchmarks/compare.py; one job = one benchmarks/compare_worker.py "
@@ -463,11 +467,7 @@ def report(bench: Bench, args, elapsed: float) -> str:
     for codec in args.codecs:
         for w, h in args.sizes:
             row = "%s %dx%d" % (codec, w, h)
-            ours, off = m("send", row, "ours", "cpu_pct"), m("send", row, "official", "cpu_pct")
-            rr = ratio(ours, off)
-            target = verdict(rr, 1.0) if codec in TARGET_CODECS else "(none)"
-            if target == "**MISSED**":
-                missed.append("send CPU %s: ratio %.2f" % (row, rr))
+            ours, off, rr, target = cpu_cells("send", row, codec, "send")
             pair = lambda metric, d=1: "%s / %s" % (fmt(m("send", row, "ours", metric), d),  # noqa: E731
                                                     fmt(m("send", row, "official", metric), d))
             lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
@@ -491,11 +491,7 @@ def report(bench: Bench, args, elapsed: float) -> str:
     for codec in args.codecs:
         for w, h in args.sizes:
             row = "%s %dx%d" % (codec, w, h)
-            ours, off = m("recv", row, "ours", "cpu_pct"), m("recv", row, "official", "cpu_pct")
-            rr = ratio(ours, off)
-            target = verdict(rr, 1.0) if codec in TARGET_CODECS else "(none)"
-            if target == "**MISSED**":
-                missed.append("receive CPU %s: ratio %.2f" % (row, rr))
+            ours, off, rr, target = cpu_cells("recv", row, codec, "receive")
             lr = ratio(m("recv", row, "ours", "lat_p50"), m("recv", row, "official", "lat_p50"))
             lt = verdict(lr, 1.0)
             if lt == "**MISSED**":

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import sora_sdk  # noqa: E402
 from benchmarks import sfu_fanout  # noqa: E402
 from benchmarks import codec_floor  # noqa: E402
-from benchmarks.common import Client, cpu_seconds  # noqa: E402
+from benchmarks.common import Client, cpu_model, cpu_seconds  # noqa: E402
 from sora_sdk.testing import LocalSora  # noqa: E402
 
 RESULTS = os.path.join(HERE, "RESULTS.md" if platform.python_implementation() == "CPython" else "RESULTS-pypy.md")
@@ -131,12 +131,7 @@ def table(rows) -> str:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     engine = sora_sdk.sora.engine_version()
     return "%s, %d cores; %s %s; %s; sora_sdk %s" % (
         model, os.cpu_count() or 0, platform.python_implementation(), platform.python_version(), engine,
