@@ -22,12 +22,23 @@ BAND = 24
 
 
 def bt601(bgr) -> np.ndarray:
-    """The limited-range BT.601 Y, U, V of one BGR colour."""
-    b, g, r = bgr
+    """The limited-range BT.601 Y, U, V of a BGR colour (or of every pixel of a BGR picture, on the last axis)."""
+    bgr = np.asarray(bgr, np.float64)
+    b, g, r = bgr[..., 0], bgr[..., 1], bgr[..., 2]
     y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
     u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
     v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
-    return np.array([y, u, v])
+    return np.stack([y, u, v], -1)
+
+
+def to_i420(frame: np.ndarray):
+    """A BGR picture as I420 planes (BT.601; chroma averaged over 2x2, odd sizes rounded up)."""
+    height, width = frame.shape[:2]
+    yuv = bt601(frame)
+    padded = np.pad(yuv, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    chroma = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2, 3).mean((1, 3))
+    planes = (yuv[..., 0], chroma[..., 1], chroma[..., 2])
+    return tuple(np.ascontiguousarray(np.clip(np.rint(p), 0, 255).astype(np.uint8)) for p in planes)
 
 
 def picture(width: int, height: int) -> np.ndarray:
@@ -43,6 +54,7 @@ class Feeder:
     def __init__(self, video) -> None:
         self.video = video
         self.size = (0, 0)
+        self.i420 = False  # True: on_captured_i420() with the picture's planes
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="test-layout-feeder", daemon=True)
         self.thread.start()
@@ -58,7 +70,10 @@ class Feeder:
             frame[:BAND] = 0
             x = (count * 4) % (size[0] - 16)
             frame[:BAND, x:x + 16] = 255
-            self.video.on_captured(frame)
+            if self.i420:
+                self.video.on_captured_i420(*to_i420(frame))
+            else:
+                self.video.on_captured(frame)
             count += 1
 
 
@@ -143,9 +158,11 @@ def call(local_sora, sora):
         sender.disconnect()
 
 
-@pytest.mark.parametrize("size", [(642, 362), (321, 241), (320, 240)])
-def test_padded_sizes_arrive_unpadded_in_bt601(call, size):
+@pytest.mark.parametrize("size,source", [((642, 362), "bgr"), ((321, 241), "bgr"), ((320, 240), "bgr"),
+                                         ((321, 241), "i420")])
+def test_padded_sizes_arrive_unpadded_in_bt601(call, size, source):
     feeder, collector = call
+    feeder.i420 = source == "i420"
     feeder.size = size
     assert wait_until(lambda: collector.both(size), 20), (sorted(collector.bgr), sorted(collector.i420), collector.errors, len(collector.sinks))
     time.sleep(0.5)  # a few more frames: the first ones after a size change are still coarse

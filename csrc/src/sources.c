@@ -1,6 +1,4 @@
 /* Application media sources and their links to the peers that send them. */
-#include <string.h>
-
 #include <libyuv.h>
 
 #include "internal.h"
@@ -117,6 +115,20 @@ static int check_size(gint width, gint height) {
   return SORA_OK;
 }
 
+/* A new I420 buffer for a width x height frame, mapped for writing: its planes and their strides. NULL: no memory. */
+static GstBuffer *new_i420(gint width, gint height, GstMapInfo *map, uint8_t *planes[3], gint strides[3]) {
+  GstVideoInfo info;
+  gst_video_info_set_format(&info, GST_VIDEO_FORMAT_I420, width, height);
+  GstBuffer *buf = gst_buffer_new_allocate(NULL, GST_VIDEO_INFO_SIZE(&info), NULL);
+  if (!buf) return NULL;
+  gst_buffer_map(buf, map, GST_MAP_WRITE);
+  for (gint p = 0; p < 3; p++) {
+    planes[p] = map->data + GST_VIDEO_INFO_PLANE_OFFSET(&info, p);
+    strides[p] = GST_VIDEO_INFO_PLANE_STRIDE(&info, p);
+  }
+  return buf;
+}
+
 SORA_C_API int sora_video_source_push_bgr(sora_video_source *src, const uint8_t *data, int32_t width, int32_t height,
                                           int32_t stride, int64_t timestamp_us) {
   sora_clear_error();
@@ -125,18 +137,14 @@ SORA_C_API int sora_video_source_push_bgr(sora_video_source *src, const uint8_t 
   int rc = check_size(width, height);
   if (rc) return rc;
   if (stride < width * 3) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "stride %d is smaller than width*3", stride);
+  GstMapInfo map;
+  uint8_t *planes[3];
+  gint strides[3];
+  GstBuffer *buf = new_i420(width, height, &map, planes, strides);
+  if (!buf) return sora_fail(SORA_ERR_NO_MEMORY, "cannot allocate a %dx%d frame", width, height);
   /* The one conversion: straight from the caller's pixels into the encoder's I420 (libyuv, BT.601 limited range as
    * libwebrtc converts), about 10x faster than videoconvert and without an intermediate BGR copy. */
-  GstVideoInfo info;
-  gst_video_info_set_format(&info, GST_VIDEO_FORMAT_I420, width, height);
-  GstBuffer *buf = gst_buffer_new_allocate(NULL, GST_VIDEO_INFO_SIZE(&info), NULL);
-  if (!buf) return sora_fail(SORA_ERR_NO_MEMORY, "cannot allocate a %dx%d frame", width, height);
-  GstMapInfo map;
-  gst_buffer_map(buf, &map, GST_MAP_WRITE);
-  uint8_t *planes[3];
-  for (gint p = 0; p < 3; p++) planes[p] = map.data + GST_VIDEO_INFO_PLANE_OFFSET(&info, p);
-  RGB24ToI420(data, stride, planes[0], GST_VIDEO_INFO_PLANE_STRIDE(&info, 0), planes[1],
-              GST_VIDEO_INFO_PLANE_STRIDE(&info, 1), planes[2], GST_VIDEO_INFO_PLANE_STRIDE(&info, 2), width, height);
+  RGB24ToI420(data, stride, planes[0], strides[0], planes[1], strides[1], planes[2], strides[2], width, height);
   gst_buffer_unmap(buf, &map);
   push_video(src, buf, width, height);
   return SORA_OK;
@@ -150,23 +158,16 @@ SORA_C_API int sora_video_source_push_i420(sora_video_source *src, const uint8_t
   if (!src || !y || !u || !v) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source and planes must not be NULL");
   int rc = check_size(width, height);
   if (rc) return rc;
-  gint cw = (width + 1) / 2, ch = (height + 1) / 2;
+  gint cw = (width + 1) / 2;
   if (stride_y < width || stride_u < cw || stride_v < cw)
     return sora_fail(SORA_ERR_INVALID_ARGUMENT, "a plane stride is smaller than its width");
-  GstVideoInfo info;
-  gst_video_info_set_format(&info, GST_VIDEO_FORMAT_I420, width, height);
-  GstBuffer *buf = gst_buffer_new_allocate(NULL, GST_VIDEO_INFO_SIZE(&info), NULL);
-  if (!buf) return sora_fail(SORA_ERR_NO_MEMORY, "cannot allocate a %dx%d frame", width, height);
   GstMapInfo map;
-  gst_buffer_map(buf, &map, GST_MAP_WRITE);
-  const uint8_t *planes[3] = {y, u, v};
-  gint strides[3] = {stride_y, stride_u, stride_v};
-  for (gint p = 0; p < 3; p++) {
-    gint rows = p ? ch : height, cols = p ? cw : width;
-    uint8_t *dst = map.data + GST_VIDEO_INFO_PLANE_OFFSET(&info, p);
-    gint dst_stride = GST_VIDEO_INFO_PLANE_STRIDE(&info, p);
-    for (gint r = 0; r < rows; r++) memcpy(dst + (gsize)r * dst_stride, planes[p] + (gsize)r * strides[p], cols);
-  }
+  uint8_t *planes[3];
+  gint strides[3];
+  GstBuffer *buf = new_i420(width, height, &map, planes, strides);
+  if (!buf) return sora_fail(SORA_ERR_NO_MEMORY, "cannot allocate a %dx%d frame", width, height);
+  I420Copy(y, stride_y, u, stride_u, v, stride_v, planes[0], strides[0], planes[1], strides[1], planes[2], strides[2],
+           width, height);
   gst_buffer_unmap(buf, &map);
   push_video(src, buf, width, height);
   return SORA_OK;

@@ -28,8 +28,9 @@ def _check_bgr(ndarray) -> np.ndarray:
 class SoraVideoSource(SoraTrackInterface):
     """A video track fed with `on_captured(frame)`; create it with `Sora.create_video_source()`.
 
-    The frame is copied during the call, so the caller may reuse its array at
-    once. Frames are stamped with the engine clock when they arrive.
+    The frame is converted to I420 during the call (the only copy), so the
+    caller may reuse its array at once. Frames are stamped with the engine
+    clock when they arrive.
     """
 
     def __init__(self, context) -> None:
