@@ -8,12 +8,6 @@
 
 #include "internal.h"
 
-GstElement *sora_make(const char *factory, GString *missing) {
-  GstElement *e = gst_element_factory_make(factory, NULL);
-  if (!e) g_string_append_printf(missing, "%s%s", missing->len ? ", " : "", factory);
-  return e;
-}
-
 typedef enum { THREADS_VP8, THREADS_VP9, THREADS_AV1 } threads_rule;
 
 /* Threads for a frame of `pixels` on `cores` processors. */

@@ -22,9 +22,13 @@ void sora_engine_init(void);
 /* Registers sorartpav1pay / sorartpav1depay (once; called by the engine start). */
 void sora_register_av1_elements(void);
 
-/* ---- video encoders (encoder.c) ---- */
+/* ---- element helpers (elements.c) ---- */
 /* A new element of `factory`, or NULL with the factory's name appended to the comma-separated `missing`. */
 GstElement *sora_make(const char *factory, GString *missing);
+/* Make `queue` drop its oldest buffers beyond `max_buffers` / `max_bytes` (0: no bound), never bounded in time. */
+void sora_set_leaky_queue(GstElement *queue, guint max_buffers, guint max_bytes);
+
+/* ---- video encoders (encoder.c) ---- */
 /* The encoder for `codec` (VP8, VP9, H264, H265, AV1; `element` overrides H.264's x264enc), at `bps`, with what
  * goes before it (`raw`: a raw caps filter, or NULL) and after it (`post`: a caps filter, or NULL), and the RTP
  * payloader. Missing factories are appended to `missing`; an unknown codec is SORA_ERR_UNSUPPORTED. */

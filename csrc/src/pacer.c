@@ -10,9 +10,6 @@
  * of it, which holds the frame meanwhile. Flushing or stopping the element ends a wait at once. */
 #include "internal.h"
 
-GST_DEBUG_CATEGORY_STATIC(pacer_debug);
-#define GST_CAT_DEFAULT pacer_debug
-
 #define BURST_BYTES 24000.0
 #define DEFAULT_RATE 2500000u
 #define PACING_FACTOR_PERCENT 250u /* libwebrtc's pacing factor: 2.5 x the stream's bitrate */
@@ -28,15 +25,13 @@ typedef struct {
   double tokens; /* bytes; may go below 0 by the last packet's size */
   gint64 last_us;
   gboolean flushing;
-  guint64 paced;    /* packets that waited */
-  gint64 waited_us; /* total wait */
 } SoraPacer;
 
 typedef struct {
   GstElementClass parent_class;
 } SoraPacerClass;
 
-enum { PROP_0, PROP_RATE, PROP_PACED, PROP_WAITED_US };
+enum { PROP_0, PROP_RATE };
 
 GType sora_pacer_get_type(void);
 G_DEFINE_TYPE(SoraPacer, sora_pacer, GST_TYPE_ELEMENT)
@@ -60,7 +55,6 @@ static void set_flushing(SoraPacer *self, gboolean flushing) {
 /* Wait until the bucket has tokens, then take `size` from it. FALSE: flushing. */
 static gboolean take(SoraPacer *self, gsize size) {
   g_mutex_lock(&self->lock);
-  gint64 started = 0;
   for (;;) {
     if (self->flushing) {
       g_mutex_unlock(&self->lock);
@@ -72,14 +66,9 @@ static gboolean take(SoraPacer *self, gsize size) {
     self->last_us = now;
     if (self->tokens > 0) {
       self->tokens -= (double)size;
-      if (started) {
-        self->paced++;
-        self->waited_us += now - started;
-      }
       g_mutex_unlock(&self->lock);
       return TRUE;
     }
-    if (!started) started = now;
     g_cond_wait_until(&self->cond, &self->lock, now + (gint64)(-self->tokens / rate) + 1);
   }
 }
@@ -132,13 +121,12 @@ static void pacer_set_property(GObject *object, guint id, const GValue *value, G
 
 static void pacer_get_property(GObject *object, guint id, GValue *value, GParamSpec *pspec) {
   SoraPacer *self = (SoraPacer *)object;
-  g_mutex_lock(&self->lock);
-  switch (id) {
-  case PROP_RATE: g_value_set_uint64(value, self->rate); break;
-  case PROP_PACED: g_value_set_uint64(value, self->paced); break;
-  case PROP_WAITED_US: g_value_set_int64(value, self->waited_us); break;
-  default: G_OBJECT_WARN_INVALID_PROPERTY_ID(object, id, pspec); break;
+  if (id != PROP_RATE) {
+    G_OBJECT_WARN_INVALID_PROPERTY_ID(object, id, pspec);
+    return;
   }
+  g_mutex_lock(&self->lock);
+  g_value_set_uint64(value, self->rate);
   g_mutex_unlock(&self->lock);
 }
 
@@ -158,12 +146,6 @@ static void sora_pacer_class_init(SoraPacerClass *klass) {
   g_object_class_install_property(object_class, PROP_RATE,
                                   g_param_spec_uint64("rate", "Rate", "Pacing rate in bit/s", 8000, G_MAXUINT64,
                                                       DEFAULT_RATE, G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS));
-  g_object_class_install_property(object_class, PROP_PACED,
-                                  g_param_spec_uint64("paced", "Paced", "Packets that waited", 0, G_MAXUINT64, 0,
-                                                      G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
-  g_object_class_install_property(object_class, PROP_WAITED_US,
-                                  g_param_spec_int64("waited-us", "Waited", "Total wait in microseconds", 0,
-                                                     G_MAXINT64, 0, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
   element_class->change_state = pacer_change_state;
   gst_element_class_add_static_pad_template(element_class, &sink_template);
   gst_element_class_add_static_pad_template(element_class, &src_template);
@@ -192,7 +174,6 @@ static void sora_pacer_init(SoraPacer *self) {
 void sora_register_pacer(void) {
   static gsize done = 0;
   if (g_once_init_enter(&done)) {
-    GST_DEBUG_CATEGORY_INIT(pacer_debug, "sorapacer", 0, "sora_sdk RTP pacer");
     if (!gst_element_register(NULL, "sorapacer", GST_RANK_NONE, sora_pacer_get_type()))
       g_printerr("sora_c: cannot register the pacer element\n");
     g_once_init_leave(&done, 1);
@@ -209,8 +190,6 @@ void sora_pacer_make(guint stream_bps, GstElement **queue, GstElement **pacer) {
     *queue = *pacer = NULL;
     return;
   }
-  /* bounded in bytes, not time (see receive.c: a time bound drops the first packet after a pause) */
-  g_object_set(*queue, "max-size-buffers", 0, "max-size-bytes", PACER_QUEUE_BYTES, "max-size-time", (guint64)0, NULL);
-  gst_util_set_object_arg(G_OBJECT(*queue), "leaky", "downstream");
+  sora_set_leaky_queue(*queue, 0, PACER_QUEUE_BYTES);
   g_object_set(*pacer, "rate", MAX((guint64)stream_bps * PACING_FACTOR_PERCENT / 100, (guint64)PACING_MIN_BPS), NULL);
 }

@@ -536,10 +536,6 @@ static GstStructure *extend_decoded(const GstStructure *entry, guint ssrc, gpoin
   return copy;
 }
 
-static void annotate_decoded(sora_peer *peer, GstStructure *all) {
-  sora_stats_extend_rtp(all, "inbound-rtp", extend_decoded, peer);
-}
-
 void sora_peer_unref(sora_peer *peer) {
   if (g_atomic_int_dec_and_test(&peer->mem_refs)) peer_release(peer);
 }
@@ -861,7 +857,8 @@ static int impl_sora_peer_add_ice_candidate(sora_peer *peer, int32_t mline, cons
 
 /* ---- send branches -------------------------------------------------------- */
 
-/* Build elements (appsrc ! convert ! encoder ! payloader) and link them to webrtcbin's sink_<mline>. */
+/* Build elements (appsrc ! convert ! encoder ! payloader [! queue ! pacer]) and link them to webrtcbin's
+ * sink_<mline>. */
 static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gint n, GstCaps *rtp_caps) {
   GstBin *bin = GST_BIN(peer->pipeline);
   for (gint i = 0; i < n; i++) gst_bin_add(bin, chain[i]);
@@ -981,7 +978,8 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   if ((rc = check_params(p, mline))) return rc;
   GString *missing = g_string_new(NULL);
   guint kbps = p->bitrate_kbps > 0 ? (guint)p->bitrate_kbps : 1000;
-  GstElement *src = sora_make("appsrc", missing), *queue = sora_make("queue", missing), *conv = sora_make("videoconvert", missing);
+  GstElement *src = sora_make("appsrc", missing), *queue = sora_make("queue", missing),
+             *conv = sora_make("videoconvert", missing);
   GstElement *enc = NULL, *pay = NULL, *filter = NULL, *rawfilter = NULL;
   const char *codec = p->codec;
   char *encoding = g_ascii_strup(codec, -1);
@@ -1014,8 +1012,7 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   g_object_set(src, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "max-buffers", (guint64)2,
                "block", FALSE, NULL);
   gst_util_set_object_arg(G_OBJECT(src), "leaky-type", "downstream");
-  g_object_set(queue, "max-size-buffers", 2, "max-size-bytes", 0, "max-size-time", (guint64)0, NULL);
-  gst_util_set_object_arg(G_OBJECT(queue), "leaky", "downstream");
+  sora_set_leaky_queue(queue, 2, 0);
   g_object_set(pay, "pt", (guint)p->payload_type, "mtu", 1200, NULL);
   guint ssrc = set_ssrc(pay, p);
   GstCaps *rtp_caps = gst_caps_new_simple("application/x-rtp", "media", G_TYPE_STRING, "video", "encoding-name",
@@ -1299,7 +1296,7 @@ static int impl_sora_peer_get_stats(sora_peer *peer, char **json_out) {
       gst_structure_free(rtcp);
     }
     sora_bwe_annotate_stats(peer->bwe, all); /* targetBitrate, quality limitation, encoded size (bwe.c) */
-    annotate_decoded(peer, all);             /* framesDecoded, decoded size and rate (receive.c) */
+    sora_stats_extend_rtp(all, "inbound-rtp", extend_decoded, peer); /* framesDecoded, decoded size, rate */
     *json_out = sora_structure_to_json(all);
     gst_structure_free(all);
   }

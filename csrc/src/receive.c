@@ -479,12 +479,7 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
   GstElement *chain[10];
   gint n = 0;
   GstElement *queue = gst_element_factory_make("queue", NULL);
-  /* Bounded in bytes, not time: a queue's time level is the distance between the timestamps that went in and out,
-   * so after any pause in the stream longer than the bound (a slow key frame, a sender that stops capturing for a
-   * while, a 1 fps screen share) the first packet in is "too late" and a leaky queue drops it, which costs the
-   * decoder everything up to the next key frame. */
-  g_object_set(queue, "max-size-buffers", 0, "max-size-bytes", SINK_QUEUE_BYTES, "max-size-time", (guint64)0, NULL);
-  gst_util_set_object_arg(G_OBJECT(queue), "leaky", "downstream");
+  sora_set_leaky_queue(queue, 0, SINK_QUEUE_BYTES);
   GstElement *valve = gst_element_factory_make("valve", NULL);
   GstElement *depay = gst_element_factory_make(depay_name, NULL);
   GstElement *dec = gst_element_factory_make(audio ? "opusdec" : "decodebin", NULL);
@@ -879,11 +874,7 @@ SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *
 
   /* source: tee ! queue ! valve ! appsink */
   GstElement *queue = gst_element_factory_make("queue", NULL);
-  /* in bytes, not time: see the sink's queue (with a time bound, the first packet after every pause of more than
-   * the bound was dropped here, for every receiver) */
-  g_object_set(queue, "max-size-buffers", 0, "max-size-bytes", FORWARD_QUEUE_BYTES, "max-size-time", (guint64)0,
-               NULL);
-  gst_util_set_object_arg(G_OBJECT(queue), "leaky", "downstream");
+  sora_set_leaky_queue(queue, 0, FORWARD_QUEUE_BYTES);
   GstElement *valve = gst_element_factory_make("valve", NULL);
   GstElement *appsink = gst_element_factory_make("appsink", NULL);
   /* not async: a branch added to a playing pipeline must not make it lose state (an appsink that never

@@ -366,8 +366,8 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   GstBin *bin = GST_BIN(sora_peer_pipeline(peer));
   GString *missing = g_string_new(NULL);
   GstElement *funnel = sora_make("rtpfunnel", missing), *out_filter = sora_make("capsfilter", missing);
-  GstElement *src = sora_make("appsrc", missing), *in_queue = sora_make("queue", missing), *conv = sora_make("videoconvert", missing),
-             *tee = sora_make("tee", missing);
+  GstElement *src = sora_make("appsrc", missing), *in_queue = sora_make("queue", missing),
+             *conv = sora_make("videoconvert", missing), *tee = sora_make("tee", missing);
   GstElement *head[] = {src, in_queue, conv, tee};
   if (missing->len) {
     rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for simulcast: %s", missing->str);
@@ -432,8 +432,7 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   g_object_set(src, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", TRUE, "max-buffers", (guint64)2,
                "block", FALSE, NULL);
   gst_util_set_object_arg(G_OBJECT(src), "leaky-type", "downstream");
-  g_object_set(in_queue, "max-size-buffers", 2, "max-size-bytes", 0, "max-size-time", (guint64)0, NULL);
-  gst_util_set_object_arg(G_OBJECT(in_queue), "leaky", "downstream");
+  sora_set_leaky_queue(in_queue, 2, 0);
   g_object_set(tee, "allow-not-linked", TRUE, NULL);
   gst_object_ref(src);
   if ((rc = add_chain(bin, head, G_N_ELEMENTS(head)))) {
@@ -459,8 +458,7 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
       unref_all(chain, 6);
       break;
     }
-    g_object_set(queue, "max-size-buffers", 2, "max-size-bytes", 0, "max-size-time", (guint64)0, NULL);
-    gst_util_set_object_arg(G_OBJECT(queue), "leaky", "downstream");
+    sora_set_leaky_queue(queue, 2, 0);
     g_object_set(pay, "pt", (guint)p->payload_type, "mtu", 1200, "ssrc", l->ssrc, "auto-header-extension", FALSE,
                  NULL);
     if (!add_extension(pay, "rtphdrextmid", mid_id, "mid", mid) ||
