@@ -277,7 +277,8 @@ ASAN_TESTS     ?= tests/abi tests/test_e2e_sendonly.py tests/test_e2e_datachanne
                   tests/test_signaling_flow.py tests/test_reoffer_validation.py tests/test_engine_context.py \
                   tests/test_e2e_secure_transport.py tests/test_e2e_proxy.py tests/test_codec.py tests/test_av1.py \
                   tests/test_simulcast.py tests/test_local_sora_simulcast.py tests/test_local_sora_switched.py \
-                  tests/test_local_sora_spotlight_speakers.py tests/test_openh264.py \
+                  tests/test_local_sora_spotlight_speakers.py tests/test_openh264.py tests/test_lifecycle.py \
+                  tests/reliability/check_lifecycle.py::test_random_lifecycle_sequences \
                   tests/reliability/check_faults.py --deselect tests/reliability/check_faults.py::test_udp_blackholed_mid_call \
                   tests/reliability/check_fuzz.py::test_fuzz_message_handlers_of_live_connections \
                   tests/reliability/check_fuzz.py::test_fuzz_real_sockets

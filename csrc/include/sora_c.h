@@ -22,6 +22,23 @@
  *    callback of a handle runs after that handle's on_destroy.
  *  - Every call may block briefly; none of them needs the caller to hold any
  *    lock, and none calls back into the caller synchronously.
+ *
+ * Ownership (what keeps what alive):
+ *  - The context owns its peers, sources and transforms: sora_context_destroy
+ *    destroys those still alive (each gets its on_destroy) and their handles
+ *    must not be used afterwards. Sinks are the exception: a sink stays its
+ *    owner's to destroy, before or after the context; it keeps the part of
+ *    the context it needs alive by itself, and a sink destroyed after the
+ *    context gets its on_destroy on the destroying thread or on its own.
+ *  - Memory goes with the last reference, never while a thread can reach it:
+ *    the context's once no sink or handle needs it, a sink's once its thread
+ *    has left its last callback, a peer's once no sink or forward refers to it.
+ *  - Any function may be called from inside any callback, with one exception:
+ *    sora_context_destroy from that context's own dispatcher thread (it
+ *    returns SORA_ERR_INVALID_STATE). sora_sink_destroy inside the sink's own
+ *    frame callback returns at once; from another thread it waits at most
+ *    5 s for a callback in progress to return (a callback that blocks longer
+ *    is left to finish, and on_destroy waits for it).
  */
 #ifndef SORA_C_H
 #define SORA_C_H
@@ -41,7 +58,7 @@ extern "C" {
 
 /* ABI version: major changes break callers, minor changes only add. */
 #define SORA_C_ABI_MAJOR 1
-#define SORA_C_ABI_MINOR 3
+#define SORA_C_ABI_MINOR 4
 
 /* ---- error codes ------------------------------------------------------ */
 #define SORA_OK 0
@@ -200,7 +217,7 @@ SORA_C_API int sora_context_create(const sora_callbacks *callbacks, sora_context
 SORA_C_API int sora_context_post(sora_context *ctx, int64_t token);
 /* 1 if the calling thread is this context's dispatcher thread, else 0. */
 SORA_C_API int sora_context_is_dispatcher_thread(sora_context *ctx);
-/* Destroy peers and sources still alive, drain events, stop the dispatcher, free the context. */
+/* Destroy peers, sources and transforms still alive, deliver queued events, stop and join the dispatcher. */
 SORA_C_API int sora_context_destroy(sora_context *ctx);
 
 /* ---- peer connection --------------------------------------------------- */
@@ -263,7 +280,7 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
                                 const sora_callbacks *callbacks, sora_sink **out);
 /* Number of frames this sink dropped because its queue was full. */
 SORA_C_API int64_t sora_sink_dropped(sora_sink *sink);
-/* Stop and release a sink; on_destroy follows on the context's dispatcher thread. */
+/* Stop a sink: no frame callback starts after this returns; on_destroy follows once its thread left the last one. */
 SORA_C_API int sora_sink_destroy(sora_sink *sink);
 /* Ask the remote sender of track `track_id` (from SORA_EVENT_TRACK) for a key frame (RTCP PLI). */
 SORA_C_API int sora_peer_request_remote_key_frame(sora_peer *peer, int64_t track_id);

@@ -65,7 +65,11 @@ struct sora_context {
   GList *audio_sources;
   GList *transforms;
   gboolean stopping;
+  gboolean stopped; /* set under lock when the dispatcher's STOP is queued */
+  gint refs;        /* the owner + one per handle not yet freed (context.c) */
 };
+sora_context *sora_context_ref(sora_context *ctx);
+void sora_context_unref(sora_context *ctx);
 
 /* Queue an event for `target`; strings and data are copied. Dropped silently
  * once the target's destroy has been queued. */
