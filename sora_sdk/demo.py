@@ -43,8 +43,8 @@ CELL, COUNTER_BITS = 16, 20
 def draw_pattern(index: int, frame: np.ndarray) -> None:
     """A moving colour gradient with a white box (BGR), drawn in place."""
     height, width = frame.shape[:2]
-    frame[:, :, 0] = ((np.arange(width, dtype=np.uint16) + index * 4) % 256).astype(np.uint8)
-    frame[:, :, 1] = ((np.arange(height, dtype=np.uint16) + index * 2) % 256).astype(np.uint8)[:, None]
+    frame[:, :, 0] = ((np.arange(width, dtype=np.uint16) + index * 4 % 256) % 256).astype(np.uint8)
+    frame[:, :, 1] = ((np.arange(height, dtype=np.uint16) + index * 2 % 256) % 256).astype(np.uint8)[:, None]
     frame[:, :, 2] = 96
     left = (index * 8) % (width - 64)
     frame[height // 2 - 32:height // 2 + 32, left:left + 64] = 255
