@@ -6,7 +6,7 @@
 #   make test             setup + build + pytest (CPython venv)
 #   make test PY=pypy3    the same suite under the PyPy venv
 #   make demo             the round-trip demo (CPython venv with the runtime packages only)
-#   make wheel            dist/: CPython abi3 + PyPy wheels; make wheel-check runs the demo from one
+#   make wheel            dist/: CPython abi3 + PyPy wheels; make wheel-check runs the demo from each
 #   make bench | clean | distclean
 #
 # Extra pytest arguments: make test ARGS='-k datachannel -x'  TESTS=tests/test_x.py
@@ -314,8 +314,8 @@ demo:
 	$(VENVPY) -m sora_sdk.demo $(ARGS)
 
 # make wheel: $(WHEEL_DIR)/ gets a CPython abi3 wheel and a PyPy wheel of the shim `make build` made, each
-# checked to hold exactly one libsora_c.so and one cffi module. make wheel-check installs the CPython one into a
-# fresh venv outside the tree and runs the round-trip demo from it (tests/check_wheel.sh, ~40 s).
+# checked to hold exactly one libsora_c.so and one cffi module. make wheel-check installs each into a fresh venv
+# outside the tree and runs the round-trip demo from it (tests/check_wheel.sh; ~20 + 25 s after make wheel).
 WHEEL_DIR ?= dist
 .PHONY: wheel wheel-check
 wheel:
@@ -327,6 +327,7 @@ wheel:
 
 wheel-check: wheel
 	bash tests/check_wheel.sh --python $(CPYTHON) $(WHEEL_DIR)/sora_sdk-*-abi3-*.whl
+	bash tests/check_wheel.sh --python $(PYPY) $(WHEEL_DIR)/sora_sdk-*-pp3*.whl
 
 bench: setup build
 	$(VENVPY) -m benchmarks.run $(ARGS)
