@@ -278,8 +278,13 @@ def _stats_lines(name: str, text: str) -> List[str]:
     return lines
 
 
-def _sent_bytes(text: str) -> int:
-    return sum(s.get("bytesSent", 0) for s in json.loads(text) if s.get("type") == "outbound-rtp")
+def _sent_bytes(text: str) -> Dict[str, int]:
+    """RTP bytes sent per kind ("audio", "video")."""
+    sent = {"audio": 0, "video": 0}
+    for s in json.loads(text):
+        if s.get("type") == "outbound-rtp" and s.get("kind") in sent:
+            sent[s["kind"]] += s.get("bytesSent", 0)
+    return sent
 
 
 # --------------------------------------------------------------------------- run
@@ -370,9 +375,12 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         if sending:
             stats = ends[-1].conn.get_stats()
             sent_bytes = _sent_bytes(stats)
-            say("  sent %d frames %dx%d (%s) and %.1f s of 440 Hz tone; %d bytes of RTP" % (
-                index, WIDTH, HEIGHT, args.codec, samples / RATE, sent_bytes))
-            ok = ok and sent_bytes > 0
+            say("  sent %d frames %dx%d (%s) and %.1f s of 440 Hz tone; RTP bytes: video %d, audio %d" % (
+                index, WIDTH, HEIGHT, args.codec, samples / RATE, sent_bytes["video"], sent_bytes["audio"]))
+            for kind in ("video", "audio"):
+                if not sent_bytes[kind]:
+                    say("  no %s was sent (the engine's errors, if any, are logged above)" % kind)
+            ok = ok and sent_bytes["video"] > 0 and sent_bytes["audio"] > 0
         if receiver is not None:
             seen = receiver.snapshot()
             say("  received %d frames %dx%d and %.1f s of audio (%d Hz, %d ch, level %.1f dBFS)" % (
