@@ -501,6 +501,8 @@ def test_viewer_routes(tmp_path):
         for path in ("viewer/../server.py", "viewer/static/viewer.js", "viewer/x"):
             assert _get(server.api_url + path)[0] == 404, path
         assert _get(server.api_url)[0] == 405  # the REST API is unchanged
+        status, _, body = _get(server.api_url + "favicon.ico")  # browsers ask for it: no 405 in their console
+        assert status == 204 and body == b""
     with LocalSora(sora_js_sdk=str(tmp_path / "missing.js")) as server:
         status, headers, body = _get(server.viewer_url + "sora.js")
         assert status == 404 and b"make web" in body and headers["Content-Type"] == viewer.JS
