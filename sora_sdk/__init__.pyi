@@ -322,6 +322,8 @@ class SoraVideoSource(SoraTrackInterface):
     def on_captured(self, ndarray: NDArray[numpy.uint8], timestamp: float) -> None: ...
     @overload
     def on_captured(self, ndarray: NDArray[numpy.uint8], timestamp_us: int) -> None: ...
+    async def capture(self, ndarray: NDArray[numpy.uint8], timestamp: Union[float, int, None] = None) -> None:
+        """Additive: on_captured() on a worker thread, for asyncio code."""
     def on_captured_i420(
         self,
         y: NDArray[numpy.uint8],

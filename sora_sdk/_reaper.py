@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 
 log = logging.getLogger("sora_sdk")
@@ -30,13 +31,18 @@ def _main() -> None:
 def later(fn) -> None:
     """Run `fn()` on the reaper thread (started on first use)."""
     global _started
+    if sys.is_finalizing():
+        return  # the interpreter is going away: its exit handler has closed every Sora already
     _work.put(fn)
     if not _started:
         # Not under _start_lock if a finalizer interrupted this very thread holding it: one more try later.
         if _start_lock.acquire(blocking=False):
             try:
                 if not _started:
-                    threading.Thread(target=_main, name="sora-reaper", daemon=True).start()
+                    try:
+                        threading.Thread(target=_main, name="sora-reaper", daemon=True).start()
+                    except RuntimeError:
+                        return  # the interpreter is shutting down: the exit handler closes what is left
                     _started = True
             finally:
                 _start_lock.release()

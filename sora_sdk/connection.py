@@ -315,6 +315,17 @@ class _Connection:
         self._channels.count_sent(channel, len(payload))
         return True
 
+    def buffered_amount(self, label: str) -> int:
+        """Bytes queued on data channel `label` and not sent yet (0 when it is not open)."""
+        peer = self._peer
+        channel = self._channels.get(label)
+        if peer is None or channel is None or self._state == CLOSED:
+            return 0
+        try:
+            return peer.buffered_amount(channel.id)
+        except SoraError:
+            return 0
+
     def send_rpc(self, id: Optional[int], method: str, params: Any = None) -> bool:
         """Send a JSON-RPC 2.0 request (or a notification when id is None) on the `rpc` data channel."""
         if not isinstance(method, str):

@@ -50,6 +50,7 @@ EXPECTED = {
     "receiving-video-and-audio-2": [r"read: \(1600, 1\)"],
     "data-channels-1": [r"sent: True", r"bob got #chat b'hello, bob'"],
     "handling-failures-1": [r"ended: WEBSOCKET_HANDSHAKE_FAILED - ", r"as expected: ", r"bad argument: "],
+    "asyncio-sora-sdk-aio-1": [r"got 30 frames of \(\d+, \d+, 3\), [1-9]\d* stats entries, \d+ dropped"],
 }
 
 

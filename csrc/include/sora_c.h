@@ -254,6 +254,8 @@ SORA_C_API int sora_peer_create_data_channel(sora_peer *peer, const char *label,
 /* Send one message on an open data channel; `binary` 1 sends binary, 0 sends UTF-8 text. */
 SORA_C_API int sora_peer_send_data(sora_peer *peer, int32_t channel_id, const uint8_t *data, size_t size,
                                    int32_t binary);
+/* Bytes queued on data channel `channel_id` and not yet handed to SCTP (*out), as RTCDataChannel.bufferedAmount. */
+SORA_C_API int sora_peer_data_channel_buffered_amount(sora_peer *peer, int32_t channel_id, uint64_t *out);
 /* Close a data channel. */
 SORA_C_API int sora_peer_close_data_channel(sora_peer *peer, int32_t channel_id);
 /* Number of data channels of this peer that are open now. */

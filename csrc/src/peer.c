@@ -1200,6 +1200,19 @@ static int impl_sora_peer_send_data(sora_peer *peer, int32_t channel_id, const u
   return SORA_OK;
 }
 
+static int impl_sora_peer_data_channel_buffered_amount(sora_peer *peer, int32_t channel_id, uint64_t *out) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "out is NULL");
+  GstWebRTCDataChannel *ch = channel_get(peer, channel_id);
+  if (!ch) return sora_fail(SORA_ERR_NOT_FOUND, "no data channel with id %d", channel_id);
+  guint64 amount = 0;
+  g_object_get(ch, "buffered-amount", &amount, NULL);
+  gst_object_unref(ch);
+  *out = amount;
+  return SORA_OK;
+}
+
 static int impl_sora_peer_close_data_channel(sora_peer *peer, int32_t channel_id) {
   int rc = check_peer(peer);
   if (rc) return rc;
@@ -1398,6 +1411,14 @@ SORA_C_API int sora_peer_send_data(sora_peer *peer, int32_t channel_id, const ui
   if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
   g_rw_lock_reader_lock(&peer->op_lock);
   int rc = impl_sora_peer_send_data(peer, channel_id, data, size, binary);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_data_channel_buffered_amount(sora_peer *peer, int32_t channel_id, uint64_t *out) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_data_channel_buffered_amount(peer, channel_id, out);
   g_rw_lock_reader_unlock(&peer->op_lock);
   return rc;
 }

@@ -76,6 +76,13 @@ class SoraVideoSource(SoraTrackInterface):
             check(lib.sora_video_source_push_bgr(self._ptr, _rows(frame), width, height, frame.strides[0],
                                                  ts_us), "on_captured")
 
+    async def capture(self, ndarray, timestamp: Union[float, int, None] = None) -> None:
+        """on_captured() on a worker thread, for coroutines that must not spend the conversion's time on their
+        event loop (additive API)."""
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.on_captured, ndarray, timestamp)
+
     def on_captured_i420(self, y, u, v, timestamp: Union[float, int, None] = None) -> None:
         """Send one I420 frame given as three uint8 planes (additive API: skips the BGR conversion)."""
         planes = []
