@@ -123,6 +123,7 @@ import numpy as np
 from .._ffi import ffi, lib
 from ..media.sink import EngineSink
 from ..peer import SDES_MID, SDES_RID, Forward
+from .codec_sdp import offer_codecs
 from .filters import forwarded
 
 log = logging.getLogger("sora_sdk.testing")
@@ -181,15 +182,26 @@ def rid_ok(value: Any) -> bool:
     return isinstance(value, str) and _RID_RE.match(value) is not None
 
 
-def default_encodings(bit_rate_kbps: Any = None) -> List[Dict[str, Any]]:
-    """Sora's three layers: r0 at 1/4 size, r1 at 1/2, r2 full, maxBitrate sharing the bit rate by area."""
+# Codecs whose encoder libwebrtc runs as one SVC encoder unless each encoding names a
+# scalabilityMode: without it a VP9 or AV1 sender sends one stream (r0) instead of three layers.
+SVC_CODECS = ("VP9", "AV1")
+SIMULCAST_SCALABILITY_MODE = "L1T1"
+
+
+def default_encodings(bit_rate_kbps: Any = None, codec: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Sora's three layers: r0 at 1/4 size, r1 at 1/2, r2 full, maxBitrate sharing the bit rate by area;
+    for VP9 and AV1 each layer also carries ``scalabilityMode`` L1T1 (see SVC_CODECS)."""
     rate = bit_rate_kbps if isinstance(bit_rate_kbps, (int, float)) and not isinstance(bit_rate_kbps, bool) \
         and bit_rate_kbps > 0 else DEFAULT_VIDEO_BIT_RATE
     total = rate * 1000
     area = sum(1.0 / (scale * scale) for scale in SCALES)
-    return [{"rid": rid, "active": True, "scaleResolutionDownBy": scale,
-             "maxBitrate": max(int(total / (scale * scale) / area), 30000)}
-            for rid, scale in zip(RIDS, SCALES)]
+    out = [{"rid": rid, "active": True, "scaleResolutionDownBy": scale,
+            "maxBitrate": max(int(total / (scale * scale) / area), 30000)}
+           for rid, scale in zip(RIDS, SCALES)]
+    if isinstance(codec, str) and codec.upper() in SVC_CODECS:
+        for encoding in out:
+            encoding["scalabilityMode"] = SIMULCAST_SCALABILITY_MODE
+    return out
 
 
 def session_encodings(session) -> List[Dict[str, Any]]:
@@ -197,7 +209,7 @@ def session_encodings(session) -> List[Dict[str, Any]]:
     override = getattr(session, "simulcast_encodings", None)
     if override:
         return [dict(e) for e in override]
-    return default_encodings(session.video_bit_rate)
+    return default_encodings(session.video_bit_rate, getattr(session, "video_codec_type", None))
 
 
 def simulcast_caps(caps: str, encodings: List[Dict[str, Any]]) -> str:
@@ -1081,6 +1093,7 @@ class MediaRouter:
             return
         # (b=AS again: a description without it lifts a libwebrtc sender's limit)
         sdp = bandwidth_offer(session, placeholder_offer(session, self._decorate(receiver, sdp)))
+        sdp = offer_codecs(session, sdp)
         receiver.negotiating = True
         receiver.generation += 1
         receiver.re_offers += 1
