@@ -130,6 +130,7 @@ class Session:
         # a=mid of a recvonly connection's own placeholder m-lines: sendonly, with
         # the connection's own id as msid in the offer text (see media.mark_own_placeholders).
         self.placeholder_mids: Tuple[str, ...] = ()
+        self.rejected_mids: Tuple[str, ...] = ()  # m-lines the client's last answer rejected (port 0)
         self.state = "connecting"
         self.created_timestamp = timestamp()
         self.last_pong: Optional[float] = None
