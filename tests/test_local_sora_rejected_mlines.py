@@ -42,11 +42,11 @@ pytestmark = [pytest.mark.timeout(120)] if importlib.util.find_spec("pytest_time
 class ServerProcess:
     """`python -m sora_sdk.testing` in a child process; `check()` fails the test if it died."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         self.log = tempfile.TemporaryFile(mode="w+b")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sora_sdk.testing", "--port", "0", "-v", "--video-codec-type",
-                                      "VP8"], cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "sora_sdk.testing", "--port", "0", "-v",
+                                      "--video-codec-type", "VP8"] + list(args), cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=self.log, start_new_session=True)
         self.signaling_url = None
         deadline = time.monotonic() + 30
         while self.signaling_url is None:

@@ -20,7 +20,11 @@ from typing import Any, Dict, List
 import pytest
 
 from tests.conftest import wait_until
-from tests.test_official_interop import Env, env, netns, official_python  # noqa: F401  (fixtures)
+from tests.official_peer import OfficialClient
+from tests.test_local_sora_rejected_mlines import ServerProcess
+from tests.test_official_interop import OUR_COLOURS, Env, env, netns, official_python, ours  # noqa: F401
+from tests.media_pump import RATE, Pump
+from tests.conftest import Recorder
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -189,3 +193,64 @@ def test_official_simulcast_sends_three_layers(env, codec):
                                   if s.get("type") == "inbound-rtp" and s.get("bytes-received", 0) > 0) >= 4,
                       15), env.server.stats(cid)
     env.finish(client)
+
+
+# --------------------------------------------------------------------------- 5: rejected m-lines
+def test_official_receiver_rejecting_a_codec_never_aborts_the_server(official_python, netns, ours):
+    """The official receiver cannot decode H.264 here (no OpenH264 2.6) and rejects its m-line (port 0);
+    then a VP8 sender joins and the H.264 one leaves. The server runs as its own process, so an abort
+    shows as such (ServerProcess.check)."""
+    sora, cleanup = ours
+    server = ServerProcess("--host", netns.host_addr, "--ice-address", netns.host_addr)
+    cleanup.append(server.close)
+    channel = "parity-reject"
+
+    def sender(codec):
+        video = sora.create_video_source()
+        audio = sora.create_audio_source(1, RATE)
+        conn = sora.create_connection(signaling_urls=[server.signaling_url], role="sendonly", channel_id=channel,
+                                      video_source=video, audio_source=audio, video_codec_type=codec,
+                                      video_bit_rate=300)
+        rec = Recorder(conn)
+        cleanup.append(conn.disconnect)
+        conn.connect()
+        assert rec.connected.wait(15), rec.events
+        pump = Pump(video, audio, OUR_COLOURS)
+        cleanup.append(pump.stop)
+        return conn, rec, pump
+
+    h264, h264_rec, h264_pump = sender("H264")
+    client = OfficialClient(official_python, netns, {"url": server.signaling_url, "recv": {"audio_rate": RATE},
+                                                     "connection": {"role": "recvonly", "channel_id": channel}},
+                            max_seconds=90, name="official-recvonly")
+    cleanup.append(client.close)
+    client.wait("ready", timeout=30)
+    client.request("connect")
+    client.connected()
+    answers = [e for e in client.of("signaling") if e.get("type") == "answer"]
+    video_lines = [l for l in answers[0]["message"]["sdp"].splitlines() if l.startswith("m=video")]
+    print("[finding] official recvonly answer to an H.264 slot: %s" % video_lines)
+    assert [l.split()[1] for l in video_lines] == ["9", "0"], video_lines  # its own placeholder, the H.264 slot
+    server.check("after the official receiver joined")
+    vp8, vp8_rec, vp8_pump = sender("VP8")
+    vid = vp8_rec.connection_id
+
+    def frames():
+        return (client.request("video")["streams"].get(vid) or {}).get("count", 0)
+
+    assert wait_until(lambda: server.check("after the VP8 sender joined") or frames() >= 10, 20, 0.25), \
+        client.describe()
+    h264_pump.stop()
+    h264.disconnect()
+    assert wait_until(lambda: server.check("after the H.264 sender left") or
+                      len([e for e in client.of("signaling") if e.get("type") == "re-answer"]) >= 2, 15), \
+        client.describe()
+    before = frames()
+    assert wait_until(lambda: server.check("after the re-offer") or frames() > before + 10, 10), client.describe()
+    vp8_pump.stop()
+    vp8.disconnect()
+    time.sleep(1.5)
+    server.check("after the VP8 sender left")
+    rc = client.close()
+    assert rc == 0 and not client.of("error") and not client.of("fatal"), (rc, client.stderr_tail())
+    server.check("at the end")

@@ -399,6 +399,10 @@ def keep_rejected(session, sdp: str) -> str:
     later offer, as JSEP asks, and the slot is never forwarded (`Slot` state ``rejected``)."""
     head, sections = split_sections(sdp)
     rejected: List[str] = []
+    # The transport lines of the BUNDLE (libwebrtc writes other ones, or none, in a rejected section).
+    shared = ("a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:", "a=setup:")
+    accepted = next((sec for sec in sections if len(sec[0].split(" ")) > 1 and sec[0].split(" ")[1] != "0"), [])
+    transport = [line for line in accepted if line.startswith(shared)]
     for section in sections:
         parts = section[0].split(" ")
         if len(parts) < 2 or parts[1] != "0" or section_kind(section) not in ("audio", "video"):
@@ -410,7 +414,9 @@ def keep_rejected(session, sdp: str) -> str:
         parts[1] = "9"
         section[0] = " ".join(parts)
         section[:] = [line for line in section if line not in ("a=sendonly", "a=recvonly", "a=sendrecv",
-                                                               "a=inactive", "a=bundle-only")]
+                                                               "a=inactive", "a=bundle-only")
+                      and not line.startswith(shared)]
+        section.extend(transport)
         section.append("a=inactive")
     session.rejected_mids = tuple(rejected)
     if not rejected:
