@@ -254,3 +254,68 @@ def test_official_receiver_rejecting_a_codec_never_aborts_the_server(official_py
     rc = client.close()
     assert rc == 0 and not client.of("error") and not client.of("fatal"), (rc, client.stderr_tail())
     server.check("at the end")
+
+
+# --------------------------------------------------------------------------- 10: simulcast layer sizes
+# What libwebrtc (the official 2025.4.0 sender) encodes for layers capped with scaleResolutionDownTo or scaled
+# with scaleResolutionDownBy; tests/test_simulcast.py checks ours against the same table (LIBWEBRTC_LAYER_SIZES).
+@pytest.mark.parametrize("size", [(960, 540), (1280, 720)])
+def test_official_simulcast_layer_sizes(env, size):
+    from tests.test_simulcast import LAYER_ENCODINGS, LIBWEBRTC_LAYER_SIZES
+
+    width, height = size
+    env.server.auth_hook = lambda message: {"simulcast_encodings": LAYER_ENCODINGS}
+    channel = "parity-layers-%d" % width
+    client = env.official("sendonly", channel, send={"width": width, "height": height}, video_codec_type="VP8",
+                          simulcast=True, video_bit_rate=1600)
+    client.connected()
+
+    def layers():
+        stats = client.request("stats")["stats"]
+        return {s.get("rid"): (s.get("frameWidth"), s.get("frameHeight")) for s in rtp(stats, "video")
+                if s.get("framesEncoded", 0) > 0 and s.get("frameWidth")}
+
+    assert wait_until(lambda: sorted(layers()) == ["r0", "r1", "r2"], 20, 0.5), (layers(), client.describe())
+    got = layers()
+    print("[measured] official simulcast layers of %dx%d: %s" % (width, height, got))
+    assert got == LIBWEBRTC_LAYER_SIZES[size], got
+    env.finish(client)
+
+
+# --------------------------------------------------------------------------- 6, 8, 9: the stats ours follow
+def test_official_stats_fields_ours_follow(env):
+    """What tests/test_sdk_parity_stats.py asks of ours, as libwebrtc reports it: codec entries for received
+    streams (inbound-rtp codecId), outbound qualityLimitationDurations / ...ResolutionChanges, and a
+    targetBitrate strictly below video_bit_rate."""
+    channel = "parity-stats"
+    sender = env.official("sendonly", channel, send={}, video_codec_type="VP9", video_bit_rate=300)
+    sid = sender.connected()["connection_id"]
+    receiver = env.official("recvonly", channel, recv=True)
+    receiver.connected()
+
+    def inbound():
+        stats = receiver.request("stats")["stats"]
+        return stats, {s["kind"]: s for s in stats if s.get("type") == "inbound-rtp"
+                       and s.get("packetsReceived", 0) > 20 and s.get("codecId")}
+
+    assert wait_until(lambda: len(inbound()[1]) == 2, 15, 0.25), receiver.describe()
+    stats, streams = inbound()
+    for kind, mime, clock in (("audio", "audio/opus", 48000), ("video", "video/VP9", 90000)):
+        codec = codec_of(stats, streams[kind])
+        assert codec["mimeType"] == mime and codec["clockRate"] == clock and isinstance(codec["payloadType"], int)
+    print("[measured] official inbound codecs: %s" % [codec_of(stats, s) for s in streams.values()])
+
+    def video_out():
+        entries = [s for s in rtp(sender.request("stats")["stats"], "video") if s.get("framesEncoded", 0) > 30]
+        return entries[0] if entries else None
+
+    assert wait_until(video_out, 15, 0.25), sender.describe()
+    out = video_out()
+    print("[measured] official outbound video: targetBitrate %s qualityLimitationDurations %s changes %s" % (
+        out.get("targetBitrate"), out.get("qualityLimitationDurations"), out.get("qualityLimitationResolutionChanges")))
+    assert 0 < out["targetBitrate"] < 300_000, out
+    assert sorted(out["qualityLimitationDurations"]) == ["bandwidth", "cpu", "none", "other"], out
+    assert isinstance(out["qualityLimitationResolutionChanges"], int), out
+    assert sid
+    env.finish(receiver)
+    env.finish(sender)
