@@ -279,8 +279,9 @@ def test_resize_of_the_source_resizes_every_layer(loops):
 
 
 @pytest.mark.parametrize("codec,pt,fmtp", [
-    ("VP9", 98, ""), ("H264", 102, ",packetization-mode=(string)1,profile-level-id=(string)42e01f")])
-def test_vp9_and_h264_layers(loops, codec, pt, fmtp):
+    ("VP9", 98, ""), ("H264", 102, ",packetization-mode=(string)1,profile-level-id=(string)42e01f"),
+    ("AV1", 45, "")])
+def test_vp9_h264_and_av1_layers(loops, codec, pt, fmtp):
     loop = loops(simulcast_caps(codec=codec, pt=pt).replace("clock-rate=90000", "clock-rate=90000" + fmtp))
     answer_sdp = loop.negotiate([{"rid": "r0"}, {"rid": "r1"}, {"rid": "r2", "active": False}], codec=codec, pt=pt)
     lines = _lines(answer_sdp)
@@ -303,7 +304,7 @@ def test_bad_arguments_are_refused(loops):
     with pytest.raises(SoraInvalidArgument):
         loop.b.attach_video_simulcast(loop.source, 0, "VP8", 96, [])
     with pytest.raises(SoraUnsupported):
-        loop.b.attach_video_simulcast(loop.source, 0, "AV1", 96, [{"rid": "r0"}], extmaps=extmaps)
+        loop.b.attach_video_simulcast(loop.source, 0, "H265", 96, [{"rid": "r0"}], extmaps=extmaps)
     # C-level checks the Python layer does not make
     params = ffi.new("sora_codec_params *")
     vp8 = ffi.new("char[]", b"VP8")

@@ -17,6 +17,8 @@
 #define URI_MID "urn:ietf:params:rtp-hdrext:sdes:mid"
 #define URI_RID "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 #define MAX_LAYERS 8
+/* A layer branch: queue ! videoscale ! capsfilter(size) [! capsfilter(I420)] ! encoder [! capsfilter] ! payloader */
+#define LAYER_CHAIN 7
 
 /* Per-layer state shared by the layer's pad probes (freed with the last probe). */
 typedef struct {
@@ -280,14 +282,15 @@ static int read_offer(sora_peer *peer, int32_t mline, char **mid, gint *mid_id, 
   return rc;
 }
 
-/* Encoder (and for H.264 a caps filter) and payloader of one layer at `bps` (encoder.c; VP8, VP9, H.264). */
-static int make_encoder(const char *codec, guint bps, GString *missing, GstElement **enc, GstElement **post,
-                        GstElement **pay) {
+/* Encoder (for AV1 an I420 caps filter before it, for H.264 a caps filter after it) and payloader of one layer
+ * at `bps` (encoder.c; VP8, VP9, H.264, AV1: the shim's own AV1 payloader, which also turns key-frame requests
+ * into key frames for av1enc). */
+static int make_encoder(const char *codec, guint bps, GString *missing, GstElement **raw, GstElement **enc,
+                        GstElement **post, GstElement **pay) {
   if (g_ascii_strcasecmp(codec, "VP8") != 0 && g_ascii_strcasecmp(codec, "VP9") != 0 &&
-      g_ascii_strcasecmp(codec, "H264") != 0)
+      g_ascii_strcasecmp(codec, "H264") != 0 && g_ascii_strcasecmp(codec, "AV1") != 0)
     return sora_fail(SORA_ERR_UNSUPPORTED, "simulcast with codec %s is not supported by this engine", codec);
-  GstElement *raw = NULL; /* only AV1 has one */
-  return sora_video_encoder_make(codec, NULL, bps, missing, &raw, enc, post, pay);
+  return sora_video_encoder_make(codec, NULL, bps, missing, raw, enc, post, pay);
 }
 
 /* Add the RTP header extension `factory` with `id` to a payloader, set up by `prop` = `value`. */
@@ -394,7 +397,10 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   /* Everything that can be refused is checked before anything is built (a built send pad stays taken). */
   static const struct {
     const char *codec, *encoder, *payloader;
-  } codecs[] = {{"VP8", "vp8enc", "rtpvp8pay"}, {"VP9", "vp9enc", "rtpvp9pay"}, {"H264", "x264enc", "rtph264pay"}};
+  } codecs[] = {{"VP8", "vp8enc", "rtpvp8pay"},
+                {"VP9", "vp9enc", "rtpvp9pay"},
+                {"H264", "x264enc", "rtph264pay"},
+                {"AV1", "av1enc", "sorartpav1pay"}};
   gint known = -1;
   for (guint i = 0; i < G_N_ELEMENTS(codecs); i++)
     if (g_ascii_strcasecmp(p->codec, codecs[i].codec) == 0) known = (gint)i;
@@ -524,13 +530,13 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     if (!l->active) continue;
     GstElement *queue = sora_make("queue", missing), *scale = sora_make("videoscale", missing),
                *size = sora_make("capsfilter", missing);
-    GstElement *enc = NULL, *post = NULL, *pay = NULL;
-    rc = make_encoder(encoding, l->bps, missing, &enc, &post, &pay);
-    GstElement *chain[7] = {queue, scale, size, enc, post, pay, NULL};
+    GstElement *raw = NULL, *enc = NULL, *post = NULL, *pay = NULL;
+    rc = make_encoder(encoding, l->bps, missing, &raw, &enc, &post, &pay);
+    GstElement *chain[LAYER_CHAIN] = {queue, scale, size, raw, enc, post, pay};
     if (rc == SORA_OK && missing->len)
       rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for %s simulcast: %s", encoding, missing->str);
     if (rc) {
-      unref_all(chain, 6);
+      unref_all(chain, LAYER_CHAIN);
       break;
     }
     sora_set_leaky_queue(queue, 2, 0);
@@ -539,13 +545,13 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     if (!add_extension(pay, "rtphdrextmid", mid_id, "mid", mid) ||
         !add_extension(pay, "rtphdrextstreamid", rid_id, "rid", l->rid)) {
       rc = sora_fail(SORA_ERR_UNSUPPORTED, "the engine lacks the rtphdrextmid / rtphdrextstreamid extensions");
-      unref_all(chain, 6);
+      unref_all(chain, LAYER_CHAIN);
       break;
     }
     if (twcc_id) sora_bwe_add_twcc_extension(pay, twcc_id);
     gint n = 0;
-    GstElement *linked[6];
-    for (gint j = 0; j < 6; j++)
+    GstElement *linked[LAYER_CHAIN];
+    for (gint j = 0; j < LAYER_CHAIN; j++)
       if (chain[j]) linked[n++] = chain[j];
     layer_state *s = g_new0(layer_state, 1);
     s->refs = 1;
