@@ -147,9 +147,6 @@ def test_official_sender_and_rest_api_versions(env):
     env.finish(client)
 
 
-@pytest.mark.xfail(strict=True, reason="the server peer sends no RTCP PLI to a libwebrtc sender on a key-frame "
-                   "request while the channel has no receiver (sent-pli-count stays 0; with our SDK as the "
-                   "sender it does): not found yet")
 def test_official_sender_gets_the_key_frame_request(env):
     channel = "parity-api-pli"
     client = env.official("sendonly", channel, send={}, video_codec_type="VP8")
@@ -161,6 +158,9 @@ def test_official_sender_gets_the_key_frame_request(env):
         return entries[0] if entries and entries[0].get("framesEncoded", 0) > 5 else None
 
     assert wait_until(video_out, 15, 0.25), client.describe()
+    # (the server forwards a request to the tracks that reached it: wait for the video one)
+    media = env.server._registry.channel(channel).media
+    assert wait_until(lambda: "video" in getattr(media._senders.get(cid), "tracks", {}), 10)
     before = video_out()
     status, _ = rest(env.server, env.ns.host_addr, "Sora_20241218.RequestKeyFrame",
                      {"channel_id": channel, "connection_id": cid})
@@ -278,6 +278,9 @@ def test_official_simulcast_layer_sizes(env, size):
                 if s.get("framesEncoded", 0) > 0 and s.get("frameWidth")}
 
     assert wait_until(lambda: sorted(layers()) == ["r0", "r1", "r2"], 20, 0.5), (layers(), client.describe())
+    # (libwebrtc may start a layer smaller while its estimate ramps up, or scale it down on a busy machine;
+    # the sizes of its steady state are what ours must match)
+    wait_until(lambda: layers() == LIBWEBRTC_LAYER_SIZES[size], 15, 0.5)
     got = layers()
     print("[measured] official simulcast layers of %dx%d: %s" % (width, height, got))
     assert got == LIBWEBRTC_LAYER_SIZES[size], got

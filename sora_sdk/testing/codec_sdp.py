@@ -80,7 +80,8 @@ def opus_fmtp(params: Optional[Dict[str, Any]]) -> str:
         if name is None or key not in params:
             continue
         values[name] = int(params[key])
-    return ";".join("%s=%d" % item for item in values.items())
+    order = [name for name, _, _ in OPUS_PARAMS.values() if name is not None]
+    return ";".join("%s=%d" % (name, values[name]) for name in order if name in values)
 
 
 def sora_codec_lines(sdp: str, opus_params: Optional[Dict[str, Any]] = None) -> str:
