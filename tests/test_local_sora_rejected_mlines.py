@@ -16,8 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import queue
-import re
 import signal
 import subprocess
 import sys
@@ -28,12 +26,11 @@ from typing import List, Optional
 
 import pytest
 
-import sora_sdk
-from sora_sdk.context import Context
 from sora_sdk.peer import Peer
 from sora_sdk.websocket import WebSocketClient, WebSocketClosed, WebSocketError
-from tests.conftest import Recorder, wait_until
+from tests.conftest import Recorder
 from tests.media_pump import RATE, Pump
+from tests.test_local_sora_signaling import ctx  # noqa: F401  (the module's engine context fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.timeout(120)] if importlib.util.find_spec("pytest_timeout") else []
@@ -214,20 +211,6 @@ def server():
     process = ServerProcess()
     yield process
     process.close()
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    context = Context()
-    yield context
-    context.close()
-
-
-@pytest.fixture
-def sora():
-    instance = sora_sdk.Sora()
-    yield instance
-    instance.close()
 
 
 def settle(server: ServerProcess, receiver: Optional[RejectingReceiver], what: str) -> None:

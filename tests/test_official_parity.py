@@ -24,8 +24,9 @@ import pytest
 from tests.conftest import wait_until
 from tests.official_peer import OfficialClient
 from tests.test_local_sora_rejected_mlines import ServerProcess
-from tests.test_official_interop import OUR_COLOURS, Env, env, netns, official_python, ours  # noqa: F401
-from tests.media_pump import RATE, Pump
+from tests.test_official_interop import OUR_COLOURS, our_sender
+from tests.test_official_interop import env, netns, official_python, ours  # noqa: F401  (fixtures)
+from tests.media_pump import RATE
 from tests.conftest import Recorder
 
 pytestmark = pytest.mark.timeout(300)
@@ -109,19 +110,25 @@ def test_official_refused_bad_opus_params(env):
 
 
 # --------------------------------------------------------------------------- 3: REST API versions
-def test_official_sender_and_rest_api_versions(env):
-    channel = "parity-api"
+def official_vp8_sender(env, channel: str):
+    """An official VP8 sender whose video is encoding: (client, connection id, its outbound video stats now)."""
     client = env.official("sendonly", channel, send={}, video_codec_type="VP8")
     cid = client.connected()["connection_id"]
     env.server.wait_connections(channel, 1)
-    host = env.ns.host_addr
-    body = {"channel_id": channel, "connection_id": cid}
 
     def video_out():
         entries = rtp(client.request("stats")["stats"], "video")
         return entries[0] if entries and entries[0].get("framesEncoded", 0) > 5 else None
 
     assert wait_until(video_out, 15, 0.25), client.describe()
+    return client, cid, video_out
+
+
+def test_official_sender_and_rest_api_versions(env):
+    channel = "parity-api"
+    client, cid, _ = official_vp8_sender(env, channel)
+    host = env.ns.host_addr
+    body = {"channel_id": channel, "connection_id": cid}
     status, reply = rest(env.server, host, "Sora_20241218.RequestKeyFrame", body)
     assert (status, reply) == (200, {}), reply
     status, reply = rest(env.server, host, "Sora_20151104.RequestKeyFrame", body)  # this server's old form
@@ -149,15 +156,7 @@ def test_official_sender_and_rest_api_versions(env):
 
 def test_official_sender_gets_the_key_frame_request(env):
     channel = "parity-api-pli"
-    client = env.official("sendonly", channel, send={}, video_codec_type="VP8")
-    cid = client.connected()["connection_id"]
-    env.server.wait_connections(channel, 1)
-
-    def video_out():
-        entries = rtp(client.request("stats")["stats"], "video")
-        return entries[0] if entries and entries[0].get("framesEncoded", 0) > 5 else None
-
-    assert wait_until(video_out, 15, 0.25), client.describe()
+    client, cid, video_out = official_vp8_sender(env, channel)
     # (the server forwards a request to the tracks that reached it: wait for the video one)
     media = env.server._registry.channel(channel).media
     assert wait_until(lambda: "video" in getattr(media._senders.get(cid), "tracks", {}), 10)
@@ -202,24 +201,13 @@ def test_official_receiver_rejecting_a_codec_never_aborts_the_server(official_py
     """The official receiver cannot decode H.264 here (no OpenH264 2.6) and rejects its m-line (port 0);
     then a VP8 sender joins and the H.264 one leaves. The server runs as its own process, so an abort
     shows as such (ServerProcess.check)."""
-    sora, cleanup = ours
+    _, cleanup = ours
     server = ServerProcess("--host", netns.host_addr, "--ice-address", netns.host_addr)
     cleanup.append(server.close)
     channel = "parity-reject"
 
     def sender(codec):
-        video = sora.create_video_source()
-        audio = sora.create_audio_source(1, RATE)
-        conn = sora.create_connection(signaling_urls=[server.signaling_url], role="sendonly", channel_id=channel,
-                                      video_source=video, audio_source=audio, video_codec_type=codec,
-                                      video_bit_rate=300)
-        rec = Recorder(conn)
-        cleanup.append(conn.disconnect)
-        conn.connect()
-        assert rec.connected.wait(15), rec.events
-        pump = Pump(video, audio, OUR_COLOURS)
-        cleanup.append(pump.stop)
-        return conn, rec, pump
+        return our_sender(ours, server.signaling_url, channel, codec)
 
     h264, h264_rec, h264_pump = sender("H264")
     client = OfficialClient(official_python, netns, {"url": server.signaling_url, "recv": {"audio_rate": RATE},
