@@ -88,6 +88,11 @@ typedef struct {
   gint64 in_frames, out_frames;
   gint64 encoded, key_encoded; /* frames out of the encoder, key frames among them */
   gboolean suspended;
+  /* quality limitation (lock): seconds spent limited by bandwidth or not, since the first tick, and the number
+   * of encoded-size changes the adaptation made (qualityLimitationDurations / ...ResolutionChanges) */
+  double ql_none_s, ql_bandwidth_s;
+  gint64 ql_time;
+  gint ql_scale_level, ql_resolution_changes;
   /* controller only (bwe thread / get-stats under bwe->lock) */
   guint target_bps, applied_bps;
   gint fps_level;
@@ -543,6 +548,46 @@ static void encoder_kind(bwe_stream *s) {
   }
 }
 
+/* The encoder's share of a stream's allocation, as libwebrtc computes it with send-side BWE "with overhead"
+ * (RtpVideoSender::CalculateOverheadRate): the allocation less the per-packet overhead of the packets that
+ * carry it, packets = ceil(frame size / packet size) per frame at the stream's frame rate. So the encoder
+ * target (stats' targetBitrate) stays below the allocation and the cap, and media plus headers fit in it.
+ * Per packet: IPv4 20 + UDP 8 + SRTP tag 10 + RTP 12 + extensions 8 (transport-wide sequence number; a
+ * simulcast layer also carries mid and rid: 8 more); packets of at most 1200 bytes. */
+#define OVERHEAD_PACKET_BYTES 1200u
+static guint media_target(const bwe_stream *s, guint allocation) {
+  double fps = s->out_fps > 1.0 ? s->out_fps : 30.0;
+  guint per_packet = 20 + 8 + 10 + 12 + 8 + (s->group ? 8 : 0);
+  double frame_bytes = allocation / 8.0 / fps;
+  double packets_per_frame = ceil(frame_bytes / OVERHEAD_PACKET_BYTES);
+  double overhead = ceil(packets_per_frame * fps) * per_packet * 8.0;
+  if (overhead > allocation / 2.0) overhead = allocation / 2.0;
+  return (guint)(allocation - overhead);
+}
+
+/* (s->lock held) The stream's quality limitation now: "bandwidth" while the controller holds it below what
+ * it asks for (smaller picture, lower frame rate, paused, or a target under 95 % of its cap). */
+static gboolean stream_limited(const bwe_stream *s) {
+  return s->scale_level > 0 || s->fps_level > 0 || s->suspended || s->target_bps < s->max_bps * 0.95;
+}
+
+/* (controller, every tick) Account the time since the last tick to the limitation of the stream now, and
+ * count a change of the adapted picture size. */
+static void account_quality_limitation(bwe_stream *s, gint64 now) {
+  g_mutex_lock(&s->lock);
+  if (s->ql_time) {
+    double secs = (now - s->ql_time) / 1e6;
+    if (stream_limited(s))
+      s->ql_bandwidth_s += secs;
+    else
+      s->ql_none_s += secs;
+  }
+  if (s->ql_time && s->scale_level != s->ql_scale_level) s->ql_resolution_changes++;
+  s->ql_scale_level = s->scale_level;
+  s->ql_time = now;
+  g_mutex_unlock(&s->lock);
+}
+
 static void apply_bitrate(bwe_stream *s, guint bps) {
   if (!s->prop) return;
   guint64 value = s->unit == 1 ? bps : MAX((bps + 500) / 1000, 1u);
@@ -967,7 +1012,7 @@ static void tick(sora_bwe *bwe) {
       s->fps_out = out;
       follow_frame_rate(s);
     }
-    guint target = s->target_bps ? s->target_bps : MIN(LAYER_MIN_BPS, s->max_bps);
+    guint target = media_target(s, s->target_bps ? s->target_bps : MIN(LAYER_MIN_BPS, s->max_bps));
     guint applied = s->applied_bps;
     gboolean move = target != applied && (target >= s->max_bps || target <= MIN(MIN_BPS, s->max_bps) ||
                                           fabs((double)target - applied) > applied * 0.03);
@@ -976,6 +1021,7 @@ static void tick(sora_bwe *bwe) {
       s->applied_bps = target;
     }
     adapt_stream(bwe, s, preference, now);
+    account_quality_limitation(s, now);
   }
   g_ptr_array_unref(streams);
 }
@@ -1043,9 +1089,15 @@ static GstStructure *extend_outbound(const GstStructure *entry, guint ssrc, gpoi
   gint w = s->enc_w, h = s->enc_h, scale_level = s->scale_level, fps_level = s->fps_level;
   gint64 encoded = s->encoded, key_encoded = s->key_encoded;
   gboolean suspended = s->suspended;
+  gboolean limited = stream_limited(s);
+  double ql_none = s->ql_none_s, ql_bandwidth = s->ql_bandwidth_s;
+  gint ql_changes = s->ql_resolution_changes;
   g_mutex_unlock(&s->lock);
-  gboolean limited = scale_level > 0 || fps_level > 0 || suspended || s->target_bps < s->max_bps * 0.95;
   guint64 enc = s->prop ? get_uint_prop(G_OBJECT(s->encoder), s->prop) * s->unit : 0;
+  gst_structure_set(copy, "sora-media-target-bitrate", G_TYPE_UINT, media_target(s, s->target_bps),
+                    "sora-quality-limitation-none", G_TYPE_DOUBLE, ql_none, "sora-quality-limitation-bandwidth",
+                    G_TYPE_DOUBLE, ql_bandwidth, "sora-quality-limitation-resolution-changes", G_TYPE_INT, ql_changes,
+                    NULL);
   gst_structure_set(copy, "sora-target-bitrate", G_TYPE_UINT, s->target_bps, "sora-max-bitrate", G_TYPE_UINT,
                     s->max_bps, "sora-encoder-bitrate", G_TYPE_UINT64, enc, "sora-quality-limitation",
                     G_TYPE_STRING, limited ? "bandwidth" : "none", "sora-scale-level", G_TYPE_INT, scale_level,
