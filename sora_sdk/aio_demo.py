@@ -41,8 +41,8 @@ async def send(sora: AsyncSora, url: str, channel: str, seconds: float) -> None:
 
 
 async def receive(sora: AsyncSora, url: str, channel: str, seconds: float) -> dict:
-    conn = await sora.connect(signaling_urls=[url], role="sendrecv", channel_id=channel, audio=False, video=False,
-                              **CHAT)
+    conn = await sora.connect(signaling_urls=[url], role="recvonly", channel_id=channel, data_channel_signaling=True,
+                              data_channels=[{"label": "#chat", "direction": "recvonly"}])
     counts = {"video frames": 0, "audio frames": 0, "messages": 0, "notifies": 0}
 
     async def frames(track) -> None:

@@ -266,3 +266,15 @@ def test_video_capture_from_a_coroutine(local_sora):
             assert video._frames() >= 10
             await conn.disconnect()
     run(main())
+
+
+def test_the_aio_demo_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "sora_sdk.aio_demo", "--seconds", "3"], cwd=str(root),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "received: video frames" in done.stdout
