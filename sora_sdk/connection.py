@@ -173,14 +173,16 @@ class _Connection:
     def _owner_dropped(self) -> None:
         """The application dropped its last reference to the SoraConnection (it handed its callbacks over in
         _orphan_callbacks): end the connection as disconnect() does, without waiting (reaper thread)."""
+        if self._started():
+            self._post(self._start_disconnect)
+
+    def _started(self) -> bool:
+        """False, once ended, for a connection never connected (it ends quietly here) or already ended."""
         with self._state_lock:
             if self._state == INIT:
                 self._state = CLOSED
                 self._done.set()
-                return
-            if self._state == CLOSED:
-                return
-        self._post(self._start_disconnect)
+            return self._state != CLOSED
 
     def _post(self, fn) -> None:
         if not self._context.post(fn):
@@ -249,13 +251,8 @@ class _Connection:
 
     def disconnect(self) -> None:
         """End the connection; blocks until on_disconnect has run (bounded), except inside a callback."""
-        with self._state_lock:
-            if self._state == INIT:
-                self._state = CLOSED
-                self._done.set()
-                return
-            if self._state == CLOSED:
-                return
+        if not self._started():
+            return
         if self._context.on_dispatcher_thread():
             self._start_disconnect()
             return
