@@ -83,6 +83,9 @@ struct sora_link {
   sora_video_source *video;
   sora_audio_source *audio;
   gint last_width, last_height; /* caps currently set on appsrc */
+  /* Audio: the running time at the last resync and the samples sent since (see sora_audio_source_push). */
+  GstClockTime audio_origin;
+  guint64 audio_samples;
 };
 /* Detach every link of `peer` from its sources (takes ctx->media_lock). */
 void sora_links_detach_peer(sora_context *ctx, GList **links);
