@@ -589,6 +589,8 @@ class SoraConnection:
                     engine = transformer._attach(self._context)
                     self._transforms.append((transformer, engine))
                     self._peer.set_send_transform(section.index, engine)
+            # (the direction first: webrtcbin 1.26 gives a send pad only to a transceiver that sends)
+            self._peer.set_direction(section.index, "sendonly" if section.direction == "recvonly" else "sendrecv")
             if simulcast:
                 self._peer.attach_video_simulcast(source._handle, section.index, codec.name.upper(),
                                                   codec.payload_type, encodings, opts.video_bit_rate or 1000,
@@ -604,7 +606,6 @@ class SoraConnection:
             else:
                 self._peer.attach_audio_source(source._handle, section.index, codec.name.upper(),
                                                codec.payload_type, opts.audio_bit_rate or 0, codec.fmtp)
-            self._peer.set_direction(section.index, "sendonly" if section.direction == "recvonly" else "sendrecv")
             done.add(section.kind)
 
     def _handle_reoffer(self, via, text: str, message: dict) -> None:

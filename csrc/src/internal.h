@@ -104,6 +104,10 @@ struct sora_child {
 void sora_peer_destroy_all(sora_context *ctx);
 GstElement *sora_peer_pipeline(sora_peer *peer);
 GstElement *sora_peer_webrtc(sora_peer *peer);
+/* Request webrtcbin's send pad for m-line `mline`, with the direction set by sora_peer_set_direction put on its
+ * transceiver (before the request where the engine has one already); *trans_out (optional): that transceiver
+ * (a new reference, may be NULL). Returns the pad (a new reference) or NULL. */
+GstPad *sora_peer_request_send_pad(sora_peer *peer, gint mline, GstCaps *rtp_caps, GstWebRTCRTPTransceiver **trans_out);
 sora_context *sora_peer_context(sora_peer *peer);
 /* Hold the peer open for an operation (shared lock); sora_peer_leave releases it. */
 int sora_peer_enter(sora_peer *peer);

@@ -43,6 +43,7 @@ struct sora_peer {
   GHashTable *encoders_by_codec; /* upper-case codec -> element factory name (sora_peer_set_video_encoder) */
   sora_bwe *bwe;                 /* send bandwidth estimation (bwe.c); NULL once closed */
   GHashTable *decoded;           /* SSRC -> sora_decode_stats* (receive.c), under lock */
+  GHashTable *send_directions;   /* m-line -> GstWebRTCRTPTransceiverDirection + 1 (sora_peer_set_direction), under lock */
 };
 
 GstElement *sora_peer_pipeline(sora_peer *peer) { return peer->pipeline; }
@@ -505,6 +506,7 @@ static void peer_release(sora_peer *peer) {
   g_hash_table_destroy(peer->send_transforms);
   g_hash_table_destroy(peer->encoders_by_codec);
   g_hash_table_destroy(peer->decoded);
+  g_hash_table_destroy(peer->send_directions);
   sora_bwe_free(peer->bwe);
   g_free(peer->local_address);
   g_free(peer);
@@ -570,6 +572,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   peer->send_transforms = g_hash_table_new_full(NULL, NULL, NULL, (GDestroyNotify)sora_transform_release);
   peer->encoders_by_codec = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   peer->decoded = g_hash_table_new_full(NULL, NULL, NULL, sora_decode_stats_unref);
+  peer->send_directions = g_hash_table_new(NULL, NULL);
   peer->bwe = sora_bwe_new(webrtc);
   g_mutex_init(&peer->lock);
   g_rw_lock_init(&peer->op_lock);
@@ -752,16 +755,83 @@ static int impl_sora_peer_add_transceiver(sora_peer *peer, const char *kind, int
   return SORA_OK;
 }
 
+/* The transceiver that the engine has associated with m-line `mline` (a new reference), or NULL. webrtcbin 1.22
+ * associates them only when it makes the answer; later versions when the remote offer is applied. */
+static GstWebRTCRTPTransceiver *associated_transceiver(sora_peer *peer, gint mline) {
+  GArray *all = NULL;
+  g_signal_emit_by_name(peer->webrtc, "get-transceivers", &all);
+  GstWebRTCRTPTransceiver *found = NULL;
+  for (guint i = 0; all && i < all->len && !found; i++) {
+    GstWebRTCRTPTransceiver *t = g_array_index(all, GstWebRTCRTPTransceiver *, i);
+    guint index = G_MAXUINT;
+    g_object_get(t, "mlineindex", &index, NULL);
+    if (index == (guint)mline) found = gst_object_ref(t);
+  }
+  if (all) g_array_unref(all);
+  return found;
+}
+
+/* The transceiver behind webrtcbin's sink pad `pad` (a new reference), or NULL. */
+static GstWebRTCRTPTransceiver *pad_transceiver(GstPad *pad) {
+  GstWebRTCRTPTransceiver *trans = NULL;
+  if (pad && g_object_class_find_property(G_OBJECT_GET_CLASS(pad), "transceiver"))
+    g_object_get(pad, "transceiver", &trans, NULL);
+  return trans;
+}
+
+/* The transceiver that sends m-line `mline`: associated with it, else behind its send pad (new ref), or NULL. */
+static GstWebRTCRTPTransceiver *send_transceiver(sora_peer *peer, gint mline) {
+  GstWebRTCRTPTransceiver *trans = associated_transceiver(peer, mline);
+  if (trans) return trans;
+  char name[32];
+  g_snprintf(name, sizeof name, "sink_%d", mline);
+  GstPad *pad = gst_element_get_static_pad(peer->webrtc, name);
+  trans = pad_transceiver(pad);
+  if (pad) gst_object_unref(pad);
+  return trans;
+}
+
+static void apply_direction(sora_peer *peer, gint mline, GstWebRTCRTPTransceiver *trans) {
+  g_mutex_lock(&peer->lock);
+  gpointer stored = g_hash_table_lookup(peer->send_directions, GINT_TO_POINTER(mline));
+  g_mutex_unlock(&peer->lock);
+  if (trans && stored) g_object_set(trans, "direction", (GstWebRTCRTPTransceiverDirection)(GPOINTER_TO_INT(stored) - 1), NULL);
+}
+
+GstPad *sora_peer_request_send_pad(sora_peer *peer, gint mline, GstCaps *rtp_caps, GstWebRTCRTPTransceiver **trans_out) {
+  /* The direction goes on before the pad is requested where the engine already has the m-line's transceiver
+   * (webrtcbin 1.26 gives a send pad only to a transceiver that sends), and on the pad's own transceiver after
+   * (1.22 makes one for the pad and associates it with the m-line in the answer). */
+  GstWebRTCRTPTransceiver *trans = associated_transceiver(peer, mline);
+  apply_direction(peer, mline, trans);
+  char name[32];
+  g_snprintf(name, sizeof name, "sink_%d", mline);
+  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(peer->webrtc), "sink_%u");
+  GstPad *pad = gst_element_request_pad(peer->webrtc, templ, name, rtp_caps);
+  if (pad && !trans) {
+    trans = pad_transceiver(pad);
+    apply_direction(peer, mline, trans);
+  }
+  if (trans_out)
+    *trans_out = trans;
+  else if (trans)
+    gst_object_unref(trans);
+  return pad;
+}
+
 static int impl_sora_peer_set_direction(sora_peer *peer, int32_t mline, int32_t direction) {
   int rc = check_peer(peer);
   if (rc) return rc;
+  if (mline < 0) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "m-line must be >= 0");
   if (direction < SORA_DIRECTION_INACTIVE || direction > SORA_DIRECTION_SENDRECV)
     return sora_fail(SORA_ERR_INVALID_ARGUMENT, "direction must be 0..3, got %d", direction);
-  GstWebRTCRTPTransceiver *trans = NULL;
-  g_signal_emit_by_name(peer->webrtc, "get-transceiver", (gint)mline, &trans);
-  if (!trans) return sora_fail(SORA_ERR_NOT_FOUND, "no transceiver at m-line %d", mline);
-  g_object_set(trans, "direction", to_gst_direction(direction), NULL);
-  gst_object_unref(trans);
+  /* Kept for the m-line's send pad (sora_peer_request_send_pad), and set now on a transceiver that exists. */
+  g_mutex_lock(&peer->lock);
+  g_hash_table_replace(peer->send_directions, GINT_TO_POINTER(mline), GINT_TO_POINTER(to_gst_direction(direction) + 1));
+  g_mutex_unlock(&peer->lock);
+  GstWebRTCRTPTransceiver *trans = send_transceiver(peer, mline);
+  apply_direction(peer, mline, trans);
+  if (trans) gst_object_unref(trans);
   return SORA_OK;
 }
 
@@ -871,15 +941,14 @@ static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gin
       return rc;
     }
   }
-  char name[32];
-  g_snprintf(name, sizeof name, "sink_%d", mline);
-  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(peer->webrtc), "sink_%u");
-  GstPad *sinkpad = gst_element_request_pad(peer->webrtc, templ, name, rtp_caps);
+  GstWebRTCRTPTransceiver *trans = NULL;
+  GstPad *sinkpad = sora_peer_request_send_pad(peer, mline, rtp_caps, &trans);
   GstPad *srcpad = gst_element_get_static_pad(chain[n - 1], "src");
   GstPadLinkReturn link = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
   gst_object_unref(srcpad);
   if (sinkpad) gst_object_unref(sinkpad);
   if (link != GST_PAD_LINK_OK) {
+    if (trans) gst_object_unref(trans);
     for (gint j = 0; j < n; j++) gst_bin_remove(bin, chain[j]);
     return sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link);
   }
@@ -887,8 +956,6 @@ static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gin
   sora_transform_start_cuts(peer->pipeline, chain, n);
   /* The answer is made before media flows: give the transceiver the caps (with our SSRC) now, so the
    * answer announces a=ssrc / a=msid as libwebrtc receivers expect. */
-  GstWebRTCRTPTransceiver *trans = NULL;
-  g_signal_emit_by_name(peer->webrtc, "get-transceiver", (gint)mline, &trans);
   if (trans) {
     GstCaps *prefs = gst_caps_copy(rtp_caps);
     GstStructure *st = gst_caps_get_structure(prefs, 0);

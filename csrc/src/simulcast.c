@@ -395,16 +395,15 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     unref_all(head, G_N_ELEMENTS(head));
     goto out;
   }
-  char name[32];
-  g_snprintf(name, sizeof name, "sink_%d", mline);
-  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(sora_peer_webrtc(peer)), "sink_%u");
-  GstPad *sinkpad = gst_element_request_pad(sora_peer_webrtc(peer), templ, name, rtp_caps);
+  GstWebRTCRTPTransceiver *trans = NULL;
+  GstPad *sinkpad = sora_peer_request_send_pad(peer, mline, rtp_caps, &trans);
   GstPad *srcpad = gst_element_get_static_pad(out_filter, "src");
   GstPadLinkReturn link_rc = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
   gst_object_unref(srcpad);
   if (sinkpad) gst_object_unref(sinkpad);
   if (link_rc != GST_PAD_LINK_OK) {
     rc = sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link_rc);
+    if (trans) gst_object_unref(trans);
     for (gint i = 0; i < n_tail; i++) {
       gst_element_set_state(tail[i], GST_STATE_NULL);
       gst_bin_remove(bin, tail[i]);
@@ -413,8 +412,6 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     goto out;
   }
   for (gint i = n_tail - 1; i >= 0; i--) gst_element_sync_state_with_parent(tail[i]);
-  GstWebRTCRTPTransceiver *trans = NULL;
-  g_signal_emit_by_name(sora_peer_webrtc(peer), "get-transceiver", (gint)mline, &trans);
   if (trans) {
     GstCaps *prefs = gst_caps_copy(rtp_caps);
     gst_structure_set(gst_caps_get_structure(prefs, 0), "rtcp-fb-nack-pli", G_TYPE_BOOLEAN, TRUE, "rtcp-fb-ccm-fir",
