@@ -704,6 +704,9 @@ class SoraConnection:
                                  "Succeeded to close DataChannel: reason=%s" % self._close_reason)
         elif name == "error":
             log.warning("engine error (%s): %s", event.str1, event.str0)
+            if event.i0 > 0 and self._state == CONNECTED:  # a send branch failed: never go on sending nothing
+                self._fail_internal(Code.INTERNAL_ERROR, "Failed to send media on m-line %d: %s (%s)"
+                                    % (event.i0 - 1, event.str0, event.str1))
 
     def _bind_track(self, event) -> None:
         """Media arrived for a remote track: match it to the SoraMediaTrack announced from the offer."""

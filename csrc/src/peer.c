@@ -187,9 +187,29 @@ static const char *enum_nick(GType type, gint value) {
 
 static void emit(sora_peer *peer, const sora_event *ev) { sora_queue_event(&peer->base, ev); }
 
-static void emit_error(sora_peer *peer, const char *message, const char *element) {
-  sora_event ev = {.type = SORA_EVENT_ERROR, .str0 = message, .str1 = element};
+/* i0: 0, or 1 + the m-line of the send branch the failing element belongs to (sora_mark_send_branch). */
+static void emit_error(sora_peer *peer, const char *message, const char *element, gint send_mline) {
+  sora_event ev = {.type = SORA_EVENT_ERROR, .str0 = message, .str1 = element, .i0 = send_mline + 1};
   emit(peer, &ev);
+}
+
+#define SEND_MLINE_KEY "sora-send-mline"
+
+void sora_mark_send_branch(GstElement **chain, gint n, gint mline) {
+  for (gint i = 0; i < n; i++)
+    if (chain[i]) g_object_set_data(G_OBJECT(chain[i]), SEND_MLINE_KEY, GINT_TO_POINTER(mline + 1));
+}
+
+/* The m-line of the send branch that holds `object` (it or a bin above it), or -1. */
+static gint send_branch_of(GstObject *object) {
+  for (GstObject *o = object ? gst_object_ref(object) : NULL; o;) {
+    gpointer mark = g_object_get_data(G_OBJECT(o), SEND_MLINE_KEY);
+    GstObject *parent = mark ? NULL : gst_object_get_parent(o);
+    gst_object_unref(o);
+    if (mark) return GPOINTER_TO_INT(mark) - 1;
+    o = parent;
+  }
+  return -1;
 }
 
 /* True when two IPv4 addresses share their first three octets (a test network namespace's /24). */
@@ -356,7 +376,7 @@ static void on_channel_string(GstWebRTCDataChannel *ch, gchar *str, channel_ref 
 static void on_channel_error(GstWebRTCDataChannel *ch, GError *error, channel_ref *ref) {
   (void)ch;
   char *msg = g_strdup_printf("data channel error: %s", error ? error->message : "unknown");
-  emit_error(ref->peer, msg, "datachannel");
+  emit_error(ref->peer, msg, "datachannel", -1);
   g_free(msg);
 }
 
@@ -468,7 +488,8 @@ static GstBusSyncReply on_bus_message(GstBus *bus, GstMessage *msg, sora_peer *p
     GError *err = NULL;
     gchar *debug = NULL;
     gst_message_parse_error(msg, &err, &debug);
-    emit_error(peer, err ? err->message : "unknown engine error", GST_OBJECT_NAME(GST_MESSAGE_SRC(msg)));
+    emit_error(peer, err ? err->message : "unknown engine error", GST_OBJECT_NAME(GST_MESSAGE_SRC(msg)),
+               send_branch_of(GST_MESSAGE_SRC(msg)));
     g_clear_error(&err);
     g_free(debug);
   }
@@ -931,6 +952,7 @@ static int impl_sora_peer_add_ice_candidate(sora_peer *peer, int32_t mline, cons
  * sink_<mline>. */
 static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gint n, GstCaps *rtp_caps) {
   GstBin *bin = GST_BIN(peer->pipeline);
+  sora_mark_send_branch(chain, n, mline);
   for (gint i = 0; i < n; i++) gst_bin_add(bin, chain[i]);
   for (gint i = 0; i + 1 < n; i++) {
     if (sora_transform_is_cut(chain[i])) continue; /* the frames come back through the next element */
@@ -1093,12 +1115,12 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   gint n = 0;
   chain[n++] = src;
   chain[n++] = queue;
+  if (rawfilter) chain[n++] = rawfilter; /* the size fit: before any element that negotiates a size */
   chain[n++] = conv;
   if (scaler) {
     chain[n++] = scaler;
     chain[n++] = scale_filter;
   }
-  if (rawfilter) chain[n++] = rawfilter;
   chain[n++] = enc;
   if (filter) chain[n++] = filter;
   n += add_send_transform(peer, mline, p, ssrc, "video", &chain[n]);

@@ -24,6 +24,7 @@ typedef struct {
   GstElement *size_filter; /* owned reference */
   double scale;            /* 0: use max_width/max_height */
   gint max_width, max_height;
+  gboolean even;             /* the encoder takes even sides only (x264): the layer's size is rounded down */
   GstClockTime min_interval; /* from max_framerate; 0 = no limit */
   GstClockTime last_pts;
 } layer_state;
@@ -61,9 +62,14 @@ static GstPadProbeReturn on_layer_caps(GstPad *pad, GstPadProbeInfo *info, gpoin
       width <= 0 || height <= 0)
     return GST_PAD_PROBE_OK;
   double scale = layer_scale(s, width, height);
+  /* (the layer's input is already fitted to its encoder; a scaled size is made fit too) */
   gint w = (gint)(width / scale), h = (gint)(height / scale);
   if (w < 1) w = 1;
   if (h < 1) h = 1;
+  if (s->even) {
+    w = MAX(w & ~1, 2);
+    h = MAX(h & ~1, 2);
+  }
   GstCaps *size = gst_caps_new_simple("video/x-raw", "width", G_TYPE_INT, w, "height", G_TYPE_INT, h,
                                       "pixel-aspect-ratio", GST_TYPE_FRACTION, 1, 1, NULL);
   g_object_set(s->size_filter, "caps", size, NULL);
@@ -205,14 +211,14 @@ static int read_offer(sora_peer *peer, int32_t mline, char **mid, gint *mid_id, 
   return rc;
 }
 
-/* Encoder (and for H.264 a caps filter) and payloader of one layer at `bps` (encoder.c; VP8, VP9, H.264). */
-static int make_encoder(const char *codec, guint bps, GString *missing, GstElement **enc, GstElement **post,
-                        GstElement **pay) {
+/* The size fit, encoder (and for H.264 a caps filter) and payloader of one layer at `bps` (encoder.c; VP8, VP9,
+ * H.264). */
+static int make_encoder(const char *codec, guint bps, GString *missing, GstElement **fit, GstElement **enc,
+                        GstElement **post, GstElement **pay) {
   if (g_ascii_strcasecmp(codec, "VP8") != 0 && g_ascii_strcasecmp(codec, "VP9") != 0 &&
       g_ascii_strcasecmp(codec, "H264") != 0)
     return sora_fail(SORA_ERR_UNSUPPORTED, "simulcast with codec %s is not supported by this engine", codec);
-  GstElement *raw = NULL; /* only AV1 has one */
-  return sora_video_encoder_make(codec, NULL, bps, missing, &raw, enc, post, pay);
+  return sora_video_encoder_make(codec, NULL, bps, missing, fit, enc, post, pay);
 }
 
 /* Add the RTP header extension `factory` with `id` to a payloader, set up by `prop` = `value`. */
@@ -391,6 +397,7 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     tail[3] = out_filter;
     n_tail = 4;
   }
+  sora_mark_send_branch(tail, n_tail, mline);
   if ((rc = add_chain(bin, tail, n_tail))) {
     unref_all(head, G_N_ELEMENTS(head));
     goto out;
@@ -432,6 +439,7 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   sora_set_leaky_queue(in_queue, 2, 0);
   g_object_set(tee, "allow-not-linked", TRUE, NULL);
   gst_object_ref(src);
+  sora_mark_send_branch(head, G_N_ELEMENTS(head), mline);
   if ((rc = add_chain(bin, head, G_N_ELEMENTS(head)))) {
     gst_object_unref(src);
     goto out;
@@ -446,13 +454,13 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     if (!l->active) continue;
     GstElement *queue = sora_make("queue", missing), *scale = sora_make("videoscale", missing),
                *size = sora_make("capsfilter", missing);
-    GstElement *enc = NULL, *post = NULL, *pay = NULL;
-    rc = make_encoder(encoding, l->bps, missing, &enc, &post, &pay);
-    GstElement *chain[7] = {queue, scale, size, enc, post, pay, NULL};
+    GstElement *fit = NULL, *enc = NULL, *post = NULL, *pay = NULL;
+    rc = make_encoder(encoding, l->bps, missing, &fit, &enc, &post, &pay);
+    GstElement *chain[8] = {queue, fit, scale, size, enc, post, pay, NULL};
     if (rc == SORA_OK && missing->len)
       rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for %s simulcast: %s", encoding, missing->str);
     if (rc) {
-      unref_all(chain, 6);
+      unref_all(chain, 7);
       break;
     }
     sora_set_leaky_queue(queue, 2, 0);
@@ -461,13 +469,13 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     if (!add_extension(pay, "rtphdrextmid", mid_id, "mid", mid) ||
         !add_extension(pay, "rtphdrextstreamid", rid_id, "rid", l->rid)) {
       rc = sora_fail(SORA_ERR_UNSUPPORTED, "the engine lacks the rtphdrextmid / rtphdrextstreamid extensions");
-      unref_all(chain, 6);
+      unref_all(chain, 7);
       break;
     }
     if (twcc_id) sora_bwe_add_twcc_extension(pay, twcc_id);
     gint n = 0;
-    GstElement *linked[6];
-    for (gint j = 0; j < 6; j++)
+    GstElement *linked[7];
+    for (gint j = 0; j < 7; j++)
       if (chain[j]) linked[n++] = chain[j];
     layer_state *s = g_new0(layer_state, 1);
     s->refs = 1;
@@ -475,9 +483,11 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     s->scale = l->scale;
     s->max_width = l->max_width;
     s->max_height = l->max_height;
+    s->even = g_ascii_strcasecmp(encoding, "H264") == 0;
     s->last_pts = GST_CLOCK_TIME_NONE;
     s->min_interval = l->max_framerate > 0 ? (GstClockTime)(GST_SECOND / l->max_framerate) : 0;
     gst_object_ref(enc);
+    sora_mark_send_branch(linked, n, mline);
     if ((rc = add_chain(bin, linked, n))) {
       gst_object_unref(enc);
       layer_unref(s);
