@@ -641,3 +641,52 @@ def test_chromium_conceals_under_one_percent(env, ours, chunk, pauses):
     pusher.stop()
     print("[audio timing] Chromium receiver, %s: %s" % (channel, result))
     assert_concealment(result)
+
+
+DATACHANNEL_JS = """(async () => {
+  const {default: Sora} = await import(%(bundle)s);
+  const state = {labels: [], switched: false, error: null};
+  window.dcTest = state;
+  const conn = Sora.connection([%(url)s]).recvonly(%(channel)s, null, {dataChannelSignaling: true,
+    dataChannels: [{label: "#alpha", direction: "sendrecv"}, {label: "#beta", direction: "recvonly"}]});
+  state.conn = conn;
+  conn.on("datachannel", (event) => state.labels.push(event.datachannel.label));
+  conn.on("switched", () => { state.switched = true; });
+  try { await conn.connect(); } catch (e) { state.error = String(e); }
+  return true;
+})()"""
+
+
+def test_sora_js_sdk_datachannel_event_fires_for_each_label(env, caplog):
+    """sora-js-sdk announces the data channels it has at `switched` (its `datachannel` event): the server sends
+    `switched` only once the page has every channel the server opened (their DCEP ACKs came back). When the
+    server sent it as soon as it had sent DCEP OPEN, the event never fired (10 of 10 runs, issue 11).
+    And the page's normal disconnects log nothing at WARNING on the server (its SCTP encoder's failed writes
+    after the page has gone were logged as engine errors)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="sora_sdk")
+    env.chromium.navigate(env.server.viewer_url)
+    assert wait_until(lambda: env.chromium.evaluate("window.viewer ? viewer.state : ''") == "idle", 15, 0.1)
+    try:
+        for run in range(3):
+            channel = "viewer-datachannels-%d" % run
+            env.chromium.evaluate(DATACHANNEL_JS % {"bundle": json.dumps(env.server.viewer_url + "sora.js"),
+                                                    "url": json.dumps(env.server.signaling_url),
+                                                    "channel": json.dumps(channel)}, timeout=20)
+            state: Dict[str, Any] = {}
+            assert wait_until(lambda: state.update(env.chromium.evaluate(
+                "({labels: dcTest.labels, switched: dcTest.switched, error: dcTest.error})") or {})
+                or state.get("switched") or state.get("error"), 15, 0.1), (state, env.chromium.tail())
+            assert state["switched"] and not state["error"], state
+            time.sleep(0.2)  # (a late event would still be counted)
+            labels = env.chromium.evaluate("dcTest.labels")
+            print("[datachannel] run %d: %s" % (run, labels))
+            assert {"#alpha", "#beta"} <= set(labels), labels
+            env.chromium.evaluate("dcTest.conn.disconnect().then(() => 1)", timeout=10)
+            assert wait_until(lambda: not env.server.connections(channel), 10), env.server.connections(channel)
+        time.sleep(1.0)  # (the engine's late write errors come after the session has ended)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert not warnings, warnings
+    finally:
+        env.chromium.navigate("about:blank")

@@ -1,5 +1,6 @@
 /* One peer connection: a pipeline holding a webrtcbin, its send branches and receive sinks. */
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "internal.h"
@@ -20,6 +21,9 @@ typedef struct {
   char *label;
   gboolean open_reported;
   gboolean remote;
+  gboolean await_ack; /* a channel we opened with DCEP: "open" only once the other side has acknowledged it */
+  gboolean acked;     /* the other side's first message on the channel's stream (its DCEP ACK) has arrived */
+  gboolean engine_open; /* the engine reported it open (it does so as soon as it has sent DCEP OPEN) */
 } channel_slot;
 
 struct sora_peer {
@@ -43,6 +47,7 @@ struct sora_peer {
   GHashTable *encoders_by_codec; /* upper-case codec -> element factory name (sora_peer_set_video_encoder) */
   sora_bwe *bwe;                 /* send bandwidth estimation (bwe.c); NULL once closed */
   GHashTable *decoded;           /* SSRC -> sora_decode_stats* (receive.c), under lock */
+  gboolean await_next_ack;       /* the channel being registered was opened here with DCEP (under lock) */
   GHashTable *send_directions;   /* m-line -> GstWebRTCRTPTransceiverDirection + 1 (sora_peer_set_direction), under lock */
 };
 
@@ -351,9 +356,57 @@ typedef struct {
   gint id;
 } channel_ref;
 
+/* webrtcbin reports a channel it opened as open once it has sent DCEP OPEN, before the other side has the
+ * channel (a server that then sends `switched` is ahead of the client's ondatachannel, issue 11). Such a
+ * channel is reported open when the other side's DCEP ACK has arrived: the first message on its stream. */
 static void on_channel_open(GstWebRTCDataChannel *ch, channel_ref *ref) {
   (void)ch;
-  channel_emit(ref->peer, ref->id, SORA_EVENT_DATA_CHANNEL_OPEN, NULL, 0, 0);
+  sora_peer *peer = ref->peer;
+  g_mutex_lock(&peer->lock);
+  channel_slot *slot = (guint)ref->id < peer->channels->len ? g_ptr_array_index(peer->channels, ref->id) : NULL;
+  gboolean wait = slot && slot->await_ack && !slot->acked;
+  if (slot) slot->engine_open = TRUE;
+  g_mutex_unlock(&peer->lock);
+  if (!wait) channel_emit(peer, ref->id, SORA_EVENT_DATA_CHANNEL_OPEN, NULL, 0, 0);
+}
+
+/* A message arrived on SCTP stream `stream` (sctpdec's src pad of that stream). */
+static GstPadProbeReturn on_sctp_stream_data(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+  (void)info;
+  sora_peer *peer = data;
+  guint stream = 0;
+  if (sscanf(GST_PAD_NAME(pad), "src_%u", &stream) != 1) return GST_PAD_PROBE_REMOVE;
+  GArray *ready = g_array_new(FALSE, FALSE, sizeof(gint));
+  g_mutex_lock(&peer->lock);
+  for (guint i = 0; i < peer->channels->len; i++) {
+    channel_slot *slot = g_ptr_array_index(peer->channels, i);
+    if (!slot->await_ack || slot->acked || !slot->channel) continue;
+    gint id = -1;
+    g_object_get(slot->channel, "id", &id, NULL);
+    if (id != (gint)stream) continue;
+    slot->acked = TRUE;
+    if (slot->engine_open) g_array_append_val(ready, i);
+  }
+  g_mutex_unlock(&peer->lock);
+  for (guint i = 0; i < ready->len; i++)
+    channel_emit(peer, g_array_index(ready, gint, i), SORA_EVENT_DATA_CHANNEL_OPEN, NULL, 0, 0);
+  g_array_free(ready, TRUE);
+  return GST_PAD_PROBE_REMOVE; /* (only the first message of a stream matters) */
+}
+
+static void on_sctpdec_pad_added(GstElement *dec, GstPad *pad, sora_peer *peer) {
+  (void)dec;
+  if (GST_PAD_DIRECTION(pad) == GST_PAD_SRC)
+    gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER, on_sctp_stream_data, peer, NULL);
+}
+
+/* webrtcbin adds its SCTP decoder when it first needs the data-channel transport. */
+static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *element, sora_peer *peer) {
+  (void)bin;
+  (void)sub;
+  GstElementFactory *factory = gst_element_get_factory(element);
+  if (factory && g_strcmp0(GST_OBJECT_NAME(factory), "sctpdec") == 0)
+    g_signal_connect(element, "pad-added", G_CALLBACK(on_sctpdec_pad_added), peer);
 }
 
 static void on_channel_close(GstWebRTCDataChannel *ch, channel_ref *ref) {
@@ -388,6 +441,8 @@ static gint channel_register(sora_peer *peer, GstWebRTCDataChannel *channel, gbo
   if (!slot->label) slot->label = g_strdup("");
   slot->remote = remote;
   g_mutex_lock(&peer->lock);
+  slot->await_ack = !remote && peer->await_next_ack;
+  peer->await_next_ack = FALSE;
   gint id = (gint)peer->channels->len;
   g_ptr_array_add(peer->channels, slot);
   g_mutex_unlock(&peer->lock);
@@ -402,7 +457,7 @@ static gint channel_register(sora_peer *peer, GstWebRTCDataChannel *channel, gbo
   g_signal_connect(channel, "on-error", G_CALLBACK(on_channel_error), ref);
   GstWebRTCDataChannelState state;
   g_object_get(channel, "ready-state", &state, NULL);
-  if (state == GST_WEBRTC_DATA_CHANNEL_STATE_OPEN) channel_emit(peer, id, SORA_EVENT_DATA_CHANNEL_OPEN, NULL, 0, 0);
+  if (state == GST_WEBRTC_DATA_CHANNEL_STATE_OPEN) on_channel_open(channel, ref);
   return id;
 }
 
@@ -651,6 +706,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   g_signal_connect(webrtc, "notify::ice-connection-state", G_CALLBACK(on_state_notify), peer);
   g_signal_connect(webrtc, "notify::connection-state", G_CALLBACK(on_state_notify), peer);
   g_signal_connect(webrtc, "on-data-channel", G_CALLBACK(on_data_channel), peer);
+  g_signal_connect(webrtc, "deep-element-added", G_CALLBACK(on_deep_element_added), peer);
   g_signal_connect(webrtc, "pad-added", G_CALLBACK(on_pad_added), peer);
   GstBus *bus = gst_pipeline_get_bus(GST_PIPELINE(peer->pipeline));
   gst_bus_set_sync_handler(bus, (GstBusSyncHandler)on_bus_message, peer, NULL);
@@ -1238,6 +1294,13 @@ static int impl_sora_peer_create_data_channel(sora_peer *peer, const char *label
   g_signal_emit_by_name(peer->webrtc, "create-data-channel", label, opts, &channel);
   gst_structure_free(opts);
   if (!channel) return sora_fail(SORA_ERR_ENGINE, "webrtcbin refused data channel \"%s\"", label);
+  gboolean negotiated = FALSE;
+  g_object_get(channel, "negotiated", &negotiated, NULL);
+  if (!negotiated) { /* (before it can report open: the signals are connected in channel_register) */
+    g_mutex_lock(&peer->lock);
+    peer->await_next_ack = TRUE;
+    g_mutex_unlock(&peer->lock);
+  }
   *id_out = channel_register(peer, channel, FALSE);
   gst_object_unref(channel);
   return SORA_OK;
