@@ -32,6 +32,7 @@ import numpy as np
 import sora_sdk
 from sora_sdk.testing import LocalSora
 from tests.test_size_storm import STORM, SETTLED
+from tests.test_video_sizes import video_receiver
 
 codec, runs = sys.argv[2], int(sys.argv[3])
 results = []
@@ -42,17 +43,10 @@ with LocalSora() as server, sora_sdk.Sora() as sora:
         sinks = []
         ended = []
         channel = "storm-%s-%d" % (codec, run)
-        receiver = sora.create_connection(signaling_urls=[server.signaling_url], role="recvonly",
-                                          channel_id=channel, audio=False)
         def on_frame(frame):
             with lock:
                 decoded.append((time.monotonic(), frame.width, frame.height))
-        def on_track(track):
-            if track.kind == "video":
-                sink = sora_sdk.SoraVideoSink(track)
-                sink.on_frame = on_frame
-                sinks.append(sink)
-        receiver.on_track = on_track
+        receiver = video_receiver(sora, server.signaling_url, channel, on_frame, sinks)
         video = sora.create_video_source()
         sender = sora.create_connection(signaling_urls=[server.signaling_url], role="sendonly", channel_id=channel,
                                         video_source=video, audio=False, video_codec_type=codec, video_bit_rate=800)

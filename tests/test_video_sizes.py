@@ -49,6 +49,22 @@ def fitted(size: Tuple[int, int], rule: Tuple[int, int, int]) -> Tuple[int, int]
     return side(size[0]), side(size[1])
 
 
+def video_receiver(sora, url: str, channel: str, on_frame, sinks: list):
+    """A recvonly connection (not yet connected) whose video tracks go to `on_frame` (their sinks in `sinks`)."""
+    import sora_sdk
+
+    receiver = sora.create_connection(signaling_urls=[url], role="recvonly", channel_id=channel, audio=False)
+
+    def on_track(track) -> None:
+        if track.kind == "video":
+            sink = sora_sdk.SoraVideoSink(track)
+            sink.on_frame = on_frame
+            sinks.append(sink)
+
+    receiver.on_track = on_track
+    return receiver
+
+
 def run_sizes(url: str, codec: str, rule_name: str, openh264: Optional[str] = None) -> Dict[str, object]:
     """Send each size of SIZES at 20 fps until our receiver has decoded 2 frames of its fitted size (at most 10 s);
     the sizes that never arrived, the engine errors and the connections' ends."""
@@ -71,21 +87,13 @@ def run_sizes(url: str, codec: str, rule_name: str, openh264: Optional[str] = No
         sender_sora = sora_sdk.Sora(openh264=openh264) if openh264 else sora_sdk.Sora()
         receiver_sora = sora_sdk.Sora() if openh264 else sender_sora
         channel = "sizes-" + rule_name
-        receiver = receiver_sora.create_connection(signaling_urls=[url], role="recvonly", channel_id=channel,
-                                                   audio=False)
 
         def on_frame(frame) -> None:
             with lock:
                 key = (frame.width, frame.height)
                 decoded[key] = decoded.get(key, 0) + 1
 
-        def on_track(track) -> None:
-            if track.kind == "video":
-                sink = sora_sdk.SoraVideoSink(track)
-                sink.on_frame = on_frame
-                sinks.append(sink)
-
-        receiver.on_track = on_track
+        receiver = video_receiver(receiver_sora, url, channel, on_frame, sinks)
         video = sender_sora.create_video_source()
         sender = sender_sora.create_connection(signaling_urls=[url], role="sendonly", channel_id=channel,
                                                video_source=video, audio=False, video_codec_type=codec,

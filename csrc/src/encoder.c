@@ -31,15 +31,19 @@ static gint encoder_threads(threads_rule rule, gint64 pixels, guint cores) {
   return 1;
 }
 
-static GstPadProbeReturn on_encoder_caps(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+/* The frame size of a caps event seen by a pad probe; FALSE for anything else. */
+static gboolean probe_caps_size(GstPadProbeInfo *info, gint *w, gint *h) {
   GstEvent *event = GST_PAD_PROBE_INFO_EVENT(info);
-  if (!event || GST_EVENT_TYPE(event) != GST_EVENT_CAPS) return GST_PAD_PROBE_OK;
+  if (!event || GST_EVENT_TYPE(event) != GST_EVENT_CAPS) return FALSE;
   GstCaps *caps = NULL;
   gst_event_parse_caps(event, &caps);
-  gint w = 0, h = 0;
   const GstStructure *st = caps && gst_caps_get_size(caps) ? gst_caps_get_structure(caps, 0) : NULL;
-  if (!st || !gst_structure_get_int(st, "width", &w) || !gst_structure_get_int(st, "height", &h))
-    return GST_PAD_PROBE_OK;
+  return st && gst_structure_get_int(st, "width", w) && gst_structure_get_int(st, "height", h) && *w > 0 && *h > 0;
+}
+
+static GstPadProbeReturn on_encoder_caps(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+  gint w = 0, h = 0;
+  if (!probe_caps_size(info, &w, &h)) return GST_PAD_PROBE_OK;
   threads_rule rule = (threads_rule)GPOINTER_TO_INT(data);
   gint threads = encoder_threads(rule, (gint64)w * h, g_get_num_processors());
   GstElement *enc = gst_pad_get_parent_element(pad);
@@ -108,14 +112,8 @@ static gint fit_side(gint v, const size_rule *r) {
 
 /* The frame size arriving at the fit stage: its output size follows before videobox negotiates. */
 static GstPadProbeReturn on_fit_caps(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
-  GstEvent *event = GST_PAD_PROBE_INFO_EVENT(info);
-  if (!event || GST_EVENT_TYPE(event) != GST_EVENT_CAPS) return GST_PAD_PROBE_OK;
-  GstCaps *caps = NULL;
-  gst_event_parse_caps(event, &caps);
   gint w = 0, h = 0;
-  const GstStructure *st = caps && gst_caps_get_size(caps) ? gst_caps_get_structure(caps, 0) : NULL;
-  if (!st || !gst_structure_get_int(st, "width", &w) || !gst_structure_get_int(st, "height", &h) || w <= 0 || h <= 0)
-    return GST_PAD_PROBE_OK;
+  if (!probe_caps_size(info, &w, &h)) return GST_PAD_PROBE_OK;
   const size_rule *r = data;
   GstElement *box = gst_pad_get_parent_element(pad);
   GstObject *bin = box ? gst_object_get_parent(GST_OBJECT(box)) : NULL;
