@@ -902,11 +902,28 @@ static int impl_sora_peer_set_direction(sora_peer *peer, int32_t mline, int32_t 
   if (mline < 0) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "m-line must be >= 0");
   if (direction < SORA_DIRECTION_INACTIVE || direction > SORA_DIRECTION_SENDRECV)
     return sora_fail(SORA_ERR_INVALID_ARGUMENT, "direction must be 0..3, got %d", direction);
+  /* An m-line of the remote description, or without one (this side offers) a transceiver's index. */
+  GstWebRTCSessionDescription *remote = NULL;
+  g_object_get(peer->webrtc, "remote-description", &remote, NULL);
+  guint count = 0;
+  gboolean has_remote = remote != NULL;
+  if (remote) {
+    count = gst_sdp_message_medias_len(remote->sdp);
+    gst_webrtc_session_description_free(remote);
+  } else {
+    GArray *all = NULL;
+    g_signal_emit_by_name(peer->webrtc, "get-transceivers", &all);
+    count = all ? all->len : 0;
+    if (all) g_array_unref(all);
+  }
+  if ((guint)mline >= count) return sora_fail(SORA_ERR_NOT_FOUND, "no transceiver at m-line %d", mline);
   /* Kept for the m-line's send pad (sora_peer_request_send_pad), and set now on a transceiver that exists. */
   g_mutex_lock(&peer->lock);
   g_hash_table_replace(peer->send_directions, GINT_TO_POINTER(mline), GINT_TO_POINTER(to_gst_direction(direction) + 1));
   g_mutex_unlock(&peer->lock);
   GstWebRTCRTPTransceiver *trans = send_transceiver(peer, mline);
+  if (!trans && !has_remote) /* this side's own transceivers, in the order they were added */
+    g_signal_emit_by_name(peer->webrtc, "get-transceiver", (gint)mline, &trans);
   apply_direction(peer, mline, trans);
   if (trans) gst_object_unref(trans);
   return SORA_OK;
