@@ -59,10 +59,13 @@ class AudioPusher:
 
     `pauses`: (after_seconds, pause_seconds) pairs; the pusher stops pushing for that long (the samples of the
     pause are not sent, as an application that stops capturing). `jitter`: each push comes up to that many
-    seconds late (uniformly), and the next ones catch up, as a Python thread under load pushes."""
+    seconds late (uniformly), and the next ones catch up, as a Python thread under load pushes. `rate`: the
+    source's sample rate."""
 
-    def __init__(self, source, chunk: int, pauses: Tuple[Tuple[float, float], ...] = (), jitter: float = 0.0) -> None:
+    def __init__(self, source, chunk: int, pauses: Tuple[Tuple[float, float], ...] = (), jitter: float = 0.0,
+                 rate: int = RATE) -> None:
         self.source = source
+        self.rate = rate
         self.jitter = jitter
         self._random = np.random.default_rng(11)
         self.chunk = chunk
@@ -88,11 +91,11 @@ class AudioPusher:
                     break
             else:
                 self.late = max(self.late, -delay)
-            t = (np.arange(self.chunk) + phase) / RATE
+            t = (np.arange(self.chunk) + phase) / self.rate
             self.source.on_data((np.sin(2 * np.pi * TONE * t) * 8000).astype(np.int16).reshape(-1, 1))
             phase += self.chunk
             self.pushed += self.chunk
-            sent_time += self.chunk / RATE
+            sent_time += self.chunk / self.rate
 
     def stop(self) -> None:
         self._stop.set()

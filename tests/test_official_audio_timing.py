@@ -33,10 +33,10 @@ def audio_inbound(stats: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 
 def concealment(env: Env, ours, channel: str, chunk: int, pauses: Tuple[Tuple[float, float], ...] = (),
-                warmup: float = WARMUP, jitter: float = 0.0) -> Dict[str, float]:
+                warmup: float = WARMUP, jitter: float = 0.0, rate: int = RATE) -> Dict[str, float]:
     """Send audio pushed in `chunk`-sample pieces to an official recvonly; its concealment over WINDOW s."""
     sora, cleanup = ours
-    audio = sora.create_audio_source(1, RATE)
+    audio = sora.create_audio_source(1, rate)
     conn = sora.create_connection(signaling_urls=[env.server.signaling_url], role="sendonly", channel_id=channel,
                                   audio_source=audio, video=False)
     rec = Recorder(conn)
@@ -47,7 +47,7 @@ def concealment(env: Env, ours, channel: str, chunk: int, pauses: Tuple[Tuple[fl
     client.connected()
     sid = rec.connection_id
     client.wait("track", lambda e: e["kind"] == "audio" and e["stream_id"] == sid, 15)
-    pusher = AudioPusher(audio, chunk, pauses, jitter)
+    pusher = AudioPusher(audio, chunk, pauses, jitter, rate)
     cleanup.append(pusher.stop)
 
     def inbound() -> Optional[Dict[str, Any]]:
@@ -81,4 +81,11 @@ def test_libwebrtc_conceals_under_one_percent_with_pauses(env, ours):
     jitter buffer that keeps stretching and squeezing)."""
     pauses = ((0.3, 0.25), (0.6, 0.5), (0.9, 0.15), (1.2, 0.04), (1.25, 0.3))
     result = concealment(env, ours, "audio-timing-pauses", 960, pauses, warmup=sum(p for _, p in pauses) + 2.0)
+    assert_concealment(result)
+
+
+@pytest.mark.parametrize("rate,chunk", [(44100, 441), (16000, 160)], ids=["44.1kHz-10ms", "16kHz-10ms"])
+def test_libwebrtc_conceals_under_one_percent_resampled(env, ours, rate, chunk):
+    """A source at another rate (resampled to Opus's 48 kHz on the way): the timeline counts its samples."""
+    result = concealment(env, ours, "audio-timing-%d" % rate, chunk, rate=rate)
     assert_concealment(result)
