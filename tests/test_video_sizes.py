@@ -170,3 +170,46 @@ def test_every_size_reaches_the_receiver_openh264():
     print("[sizes] H264/openh264: %s" % result)
     assert not result["missing"], result
     assert not result["errors"] and not result["ended"][:-2], result
+
+
+FAILURE_SCRIPT = r"""
+import json, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import sora_sdk
+from sora_sdk.testing import LocalSora
+with LocalSora() as server, sora_sdk.Sora(openh264=sys.argv[2]) as sora:
+    video = sora.create_video_source()
+    conn = sora.create_connection(signaling_urls=[server.signaling_url], role="sendonly", channel_id="too-big",
+                                  video_source=video, audio=False, video_codec_type="H264")
+    created, ended, out = threading.Event(), threading.Event(), []
+    conn.on_notify = lambda t: json.loads(t).get("event_type") == "connection.created" and created.set()
+    conn.on_disconnect = lambda code, message: (out.append([str(code), message]), ended.set())
+    conn.connect()
+    assert created.wait(15)
+    video.on_captured(np.zeros((240, 320, 3), np.uint8))
+    time.sleep(0.5)
+    frame = np.zeros((2880, 5120, 3), np.uint8)
+    started = time.monotonic()
+    for _ in range(20):
+        video.on_captured(frame)
+        if ended.wait(0.1):
+            break
+    print("RESULT " + json.dumps({"ended": out, "seconds": time.monotonic() - started}))
+"""
+
+
+@pytest.mark.skipif(not SYSTEM_OPENH264, reason="Debian's libopenh264 7 is not installed")
+def test_an_encoder_failure_ends_the_connection():
+    """OpenH264 refuses frames over 9,437,184 pixels (4096x2304): 5120x2880 makes it fail. That must not be a
+    call that goes on sending nothing: the connection ends with an on_disconnect that names the encoder."""
+    out = subprocess.run([sys.executable, "-c", FAILURE_SCRIPT, ROOT, SYSTEM_OPENH264[0]], capture_output=True,
+                         text=True, timeout=120)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert out.returncode == 0 and lines, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
+    result = json.loads(lines[-1][7:])
+    print("[sizes] encoder failure: %s" % result)
+    assert result["ended"], result
+    code, message = result["ended"][0]
+    assert code.endswith("INTERNAL_ERROR") and "Failed to send media on m-line 0" in message, result
+    assert "openh264enc" in message, result

@@ -543,8 +543,24 @@ static GstBusSyncReply on_bus_message(GstBus *bus, GstMessage *msg, sora_peer *p
     GError *err = NULL;
     gchar *debug = NULL;
     gst_message_parse_error(msg, &err, &debug);
-    emit_error(peer, err ? err->message : "unknown engine error", GST_OBJECT_NAME(GST_MESSAGE_SRC(msg)),
-               send_branch_of(GST_MESSAGE_SRC(msg)));
+    const char *text = err ? err->message : "unknown engine error";
+    gint mline = send_branch_of(GST_MESSAGE_SRC(msg));
+    char *detail = NULL;
+    if (mline >= 0) { /* a send branch: name its encoder and the reason the stream stopped */
+      const char *encoder = NULL;
+      for (GList *l = peer->encoders; l && !encoder; l = l->next)
+        if (send_branch_of(GST_OBJECT(l->data)) == mline) {
+          GstElementFactory *factory = gst_element_get_factory(GST_ELEMENT(l->data));
+          encoder = factory ? GST_OBJECT_NAME(factory) : NULL;
+        }
+      const char *reason = debug ? strstr(debug, "reason ") : NULL; /* "reason not-negotiated (-4)" */
+      GString *d = g_string_new(text);
+      if (encoder) g_string_append_printf(d, " [video encoder %s]", encoder);
+      if (reason) g_string_append_printf(d, " (%.*s)", (int)strcspn(reason, "\n"), reason);
+      detail = g_string_free(d, FALSE);
+    }
+    emit_error(peer, detail ? detail : text, GST_OBJECT_NAME(GST_MESSAGE_SRC(msg)), mline);
+    g_free(detail);
     g_clear_error(&err);
     g_free(debug);
   }
