@@ -159,14 +159,19 @@ with LocalSora() as server:
 """
 
 
-@pytest.mark.skipif(not SYSTEM_OPENH264, reason="Debian's libopenh264 7 is not installed")
-def test_every_size_reaches_the_receiver_openh264():
-    """The same with OpenH264 (a fresh interpreter: the library is loaded before the engine starts)."""
-    out = subprocess.run([sys.executable, "-c", OPENH264_SCRIPT, ROOT, SYSTEM_OPENH264[0]], capture_output=True,
-                         text=True, timeout=200)
+def run_with_openh264(script: str, timeout: float) -> Dict[str, object]:
+    """Run `script` in a fresh interpreter (OpenH264 is loaded before the engine starts): its RESULT line."""
+    out = subprocess.run([sys.executable, "-c", script, ROOT, SYSTEM_OPENH264[0]], capture_output=True, text=True,
+                         timeout=timeout)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     assert out.returncode == 0 and lines, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
-    result = json.loads(lines[-1][7:])
+    return json.loads(lines[-1][7:])
+
+
+@pytest.mark.skipif(not SYSTEM_OPENH264, reason="Debian's libopenh264 7 is not installed")
+def test_every_size_reaches_the_receiver_openh264():
+    """The same with OpenH264."""
+    result = run_with_openh264(OPENH264_SCRIPT, 200)
     print("[sizes] H264/openh264: %s" % result)
     assert not result["missing"], result
     assert not result["errors"] and not result["ended"][:-2], result
@@ -203,11 +208,7 @@ with LocalSora() as server, sora_sdk.Sora(openh264=sys.argv[2]) as sora:
 def test_an_encoder_failure_ends_the_connection():
     """OpenH264 refuses frames over 9,437,184 pixels (4096x2304): 5120x2880 makes it fail. That must not be a
     call that goes on sending nothing: the connection ends with an on_disconnect that names the encoder."""
-    out = subprocess.run([sys.executable, "-c", FAILURE_SCRIPT, ROOT, SYSTEM_OPENH264[0]], capture_output=True,
-                         text=True, timeout=120)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    assert out.returncode == 0 and lines, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
-    result = json.loads(lines[-1][7:])
+    result = run_with_openh264(FAILURE_SCRIPT, 120)
     print("[sizes] encoder failure: %s" % result)
     assert result["ended"], result
     code, message = result["ended"][0]
