@@ -618,6 +618,8 @@ class _Connection:
                     engine = transformer._attach(self._context)
                     self._transforms.append((transformer, engine))
                     self._peer.set_send_transform(section.index, engine)
+            # (the direction first: webrtcbin 1.26 gives a send pad only to a transceiver that sends)
+            self._peer.set_direction(section.index, "sendonly" if section.direction == "recvonly" else "sendrecv")
             if simulcast:
                 self._peer.attach_video_simulcast(source._handle, section.index, codec.name.upper(),
                                                   codec.payload_type, encodings, opts.video_bit_rate or 1000,
@@ -633,7 +635,6 @@ class _Connection:
             else:
                 self._peer.attach_audio_source(source._handle, section.index, codec.name.upper(),
                                                codec.payload_type, opts.audio_bit_rate or 0, codec.fmtp)
-            self._peer.set_direction(section.index, "sendonly" if section.direction == "recvonly" else "sendrecv")
             done.add(section.kind)
 
     def _handle_reoffer(self, via, text: str, message: dict) -> None:
@@ -734,6 +735,9 @@ class _Connection:
                                  "Succeeded to close DataChannel: reason=%s" % self._close_reason)
         elif name == "error":
             log.warning("engine error (%s): %s", event.str1, event.str0)
+            if event.i0 > 0 and self._state == CONNECTED:  # a send branch failed: never go on sending nothing
+                self._fail_internal(Code.INTERNAL_ERROR, "Failed to send media on m-line %d: %s (%s)"
+                                    % (event.i0 - 1, event.str0, event.str1))
 
     def _bind_track(self, event) -> None:
         """Media arrived for a remote track: match it to the SoraMediaTrack announced from the offer."""

@@ -92,10 +92,12 @@ extern "C" {
 #define SORA_EVENT_ICE_CONNECTION_STATE 4 /* str0: new | checking | connected | completed | failed | disconnected | closed */
 #define SORA_EVENT_CONNECTION_STATE 5     /* str0: new | connecting | connected | disconnected | failed | closed */
 #define SORA_EVENT_TRACK 6                /* i0: track id, str0: kind, str1: mid, str2: msid stream id, i1: m-line */
-#define SORA_EVENT_DATA_CHANNEL_OPEN 7    /* i0: channel id, str0: label, i1: 1 if opened by the remote side */
+#define SORA_EVENT_DATA_CHANNEL_OPEN 7    /* i0: channel id, str0: label, i1: 1 if opened by the remote side
+                                             (one opened here: once the remote side acknowledged it, DCEP ACK) */
 #define SORA_EVENT_DATA_CHANNEL_MESSAGE 8 /* i0: channel id, str0: label, data/size: payload, i1: 1 binary, 0 text */
 #define SORA_EVENT_DATA_CHANNEL_CLOSE 9   /* i0: channel id, str0: label */
-#define SORA_EVENT_ERROR 10               /* str0: engine error message, str1: element name */
+#define SORA_EVENT_ERROR 10               /* str0: engine error message, str1: element name,
+                                             i0: 1 + the m-line of the send branch that failed, or 0 */
 #define SORA_EVENT_RTP_PACKET 11          /* reserved */
 #define SORA_EVENT_VIDEO_FRAME 12         /* sink thread: data/size: pixels, i0: width, i1: height, i2: pts us, ref: frame */
 #define SORA_EVENT_AUDIO_FRAME 13         /* sink thread: data/size: interleaved int16, i0: rate, i1: channels, i2: pts us, ref */

@@ -69,6 +69,11 @@ typedef struct {
   const char *prop;          /* the encoder's bitrate property */
   guint unit;                /* 1: the property counts bit/s, 1000: kbit/s */
   gboolean openh264;
+  /* av1enc reconfigures libaom from set_property without holding off its encode call (GStreamer 1.22): a rate
+   * set from the controller's thread raced aom_codec_encode on the streaming thread and crashed libaom under
+   * size changes. Its rate is handed to the streaming thread instead, applied before the next frame. */
+  gboolean rate_on_stream;
+  guint pending_bps; /* (lock) 0: none */
   /* x264enc adds a frame of delay when its caps say "variable frame rate" (0/1, as our sources do), so its
    * caps carry a nominal rate instead: the rate measured at its input, updated when it moves by > 15 %. */
   gboolean cfr;
@@ -418,6 +423,8 @@ static GstCaps *caps_with_rate(const GstCaps *caps, gint fps) {
 }
 
 /* The encoder's input: the encoded size and frame count; x264enc's nominal frame rate (see cfr). */
+static void set_bitrate(bwe_stream *s, guint bps);
+
 static GstPadProbeReturn on_encoder_input(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
   bwe_stream *s = data;
   if (info->type & GST_PAD_PROBE_TYPE_BUFFER) {
@@ -426,7 +433,10 @@ static GstPadProbeReturn on_encoder_input(GstPad *pad, GstPadProbeInfo *info, gp
     s->out_frames++;
     if (s->cfr_pending && s->cfr_caps) update = caps_with_rate(s->cfr_caps, s->cfr_fps);
     s->cfr_pending = FALSE;
+    guint bps = s->pending_bps;
+    s->pending_bps = 0;
     g_mutex_unlock(&s->lock);
+    if (bps) set_bitrate(s, bps); /* (the streaming thread: the encoder is between frames) */
     if (update) {
       /* a streaming-thread event, in order before this frame (the pad's stream lock is recursive) */
       gst_pad_send_event(pad, gst_event_new_caps(update));
@@ -537,6 +547,7 @@ static void encoder_kind(bwe_stream *s) {
     s->unit = 1;
   } else if (!strcmp(name, "av1enc")) {
     s->prop = "target-bitrate";
+    s->rate_on_stream = TRUE;
   } else if (!strcmp(name, "openh264enc")) {
     s->unit = 1;
     s->openh264 = TRUE;
@@ -588,11 +599,21 @@ static void account_quality_limitation(bwe_stream *s, gint64 now) {
   g_mutex_unlock(&s->lock);
 }
 
-static void apply_bitrate(bwe_stream *s, guint bps) {
-  if (!s->prop) return;
+static void set_bitrate(bwe_stream *s, guint bps) {
   guint64 value = s->unit == 1 ? bps : MAX((bps + 500) / 1000, 1u);
   set_uint_prop(G_OBJECT(s->encoder), s->prop, value);
   if (s->openh264) set_uint_prop(G_OBJECT(s->encoder), "max-bitrate", (guint64)bps * 3 / 2);
+}
+
+static void apply_bitrate(bwe_stream *s, guint bps) {
+  if (!s->prop) return;
+  if (s->rate_on_stream) {
+    g_mutex_lock(&s->lock);
+    s->pending_bps = bps;
+    g_mutex_unlock(&s->lock);
+    return;
+  }
+  set_bitrate(s, bps);
 }
 
 static void force_key_frame(GstElement *encoder) {

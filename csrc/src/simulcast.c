@@ -26,6 +26,7 @@ typedef struct {
   GstElement *size_filter; /* owned reference */
   double scale;            /* 0: use max_width/max_height */
   gint max_width, max_height;
+  gboolean even;             /* the encoder takes even sides only (x264): the layer's size is rounded down */
   GstClockTime min_interval; /* from max_framerate; 0 = no limit */
   GstClockTime last_pts;
 } layer_state;
@@ -137,10 +138,15 @@ static GstPadProbeReturn on_layer_caps(GstPad *pad, GstPadProbeInfo *info, gpoin
   if (!st || !gst_structure_get_int(st, "width", &width) || !gst_structure_get_int(st, "height", &height) ||
       width <= 0 || height <= 0)
     return GST_PAD_PROBE_OK;
+  /* (the layer's input is already fitted to its encoder; a scaled size is made fit too) */
   gint w, h;
   layer_size(s, width, height, &w, &h);
   if (w < 1) w = 1;
   if (h < 1) h = 1;
+  if (s->even) {
+    w = MAX(w & ~1, 2);
+    h = MAX(h & ~1, 2);
+  }
   GstCaps *size = gst_caps_new_simple("video/x-raw", "width", G_TYPE_INT, w, "height", G_TYPE_INT, h,
                                       "pixel-aspect-ratio", GST_TYPE_FRACTION, 1, 1, NULL);
   g_object_set(s->size_filter, "caps", size, NULL);
@@ -282,15 +288,15 @@ static int read_offer(sora_peer *peer, int32_t mline, char **mid, gint *mid_id, 
   return rc;
 }
 
-/* Encoder (for AV1 an I420 caps filter before it, for H.264 a caps filter after it) and payloader of one layer
- * at `bps` (encoder.c; VP8, VP9, H.264, AV1: the shim's own AV1 payloader, which also turns key-frame requests
- * into key frames for av1enc). */
-static int make_encoder(const char *codec, guint bps, GString *missing, GstElement **raw, GstElement **enc,
+/* The size fit (for AV1 also to I420), encoder (for H.264 a caps filter after it) and payloader of one layer at
+ * `bps` (encoder.c; VP8, VP9, H.264, AV1: the shim's own AV1 payloader, which also turns key-frame requests into
+ * key frames for av1enc). */
+static int make_encoder(const char *codec, guint bps, GString *missing, GstElement **fit, GstElement **enc,
                         GstElement **post, GstElement **pay) {
   if (g_ascii_strcasecmp(codec, "VP8") != 0 && g_ascii_strcasecmp(codec, "VP9") != 0 &&
       g_ascii_strcasecmp(codec, "H264") != 0 && g_ascii_strcasecmp(codec, "AV1") != 0)
     return sora_fail(SORA_ERR_UNSUPPORTED, "simulcast with codec %s is not supported by this engine", codec);
-  return sora_video_encoder_make(codec, NULL, bps, missing, raw, enc, post, pay);
+  return sora_video_encoder_make(codec, NULL, bps, missing, fit, enc, post, pay);
 }
 
 /* Add the RTP header extension `factory` with `id` to a payloader, set up by `prop` = `value`. */
@@ -472,20 +478,20 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     tail[3] = out_filter;
     n_tail = 4;
   }
+  sora_mark_send_branch(tail, n_tail, mline);
   if ((rc = add_chain(bin, tail, n_tail))) {
     unref_all(head, G_N_ELEMENTS(head));
     goto out;
   }
-  char name[32];
-  g_snprintf(name, sizeof name, "sink_%d", mline);
-  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(sora_peer_webrtc(peer)), "sink_%u");
-  GstPad *sinkpad = gst_element_request_pad(sora_peer_webrtc(peer), templ, name, rtp_caps);
+  GstWebRTCRTPTransceiver *trans = NULL;
+  GstPad *sinkpad = sora_peer_request_send_pad(peer, mline, rtp_caps, &trans);
   GstPad *srcpad = gst_element_get_static_pad(out_filter, "src");
   GstPadLinkReturn link_rc = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
   gst_object_unref(srcpad);
   if (sinkpad) gst_object_unref(sinkpad);
   if (link_rc != GST_PAD_LINK_OK) {
     rc = sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link_rc);
+    if (trans) gst_object_unref(trans);
     for (gint i = 0; i < n_tail; i++) {
       gst_element_set_state(tail[i], GST_STATE_NULL);
       gst_bin_remove(bin, tail[i]);
@@ -494,8 +500,6 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     goto out;
   }
   for (gint i = n_tail - 1; i >= 0; i--) gst_element_sync_state_with_parent(tail[i]);
-  GstWebRTCRTPTransceiver *trans = NULL;
-  g_signal_emit_by_name(sora_peer_webrtc(peer), "get-transceiver", (gint)mline, &trans);
   if (trans) {
     GstCaps *prefs = gst_caps_copy(rtp_caps);
     gst_structure_set(gst_caps_get_structure(prefs, 0), "rtcp-fb-nack-pli", G_TYPE_BOOLEAN, TRUE, "rtcp-fb-ccm-fir",
@@ -516,6 +520,7 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   sora_set_leaky_queue(in_queue, 2, 0);
   g_object_set(tee, "allow-not-linked", TRUE, NULL);
   gst_object_ref(src);
+  sora_mark_send_branch(head, G_N_ELEMENTS(head), mline);
   if ((rc = add_chain(bin, head, G_N_ELEMENTS(head)))) {
     gst_object_unref(src);
     goto out;
@@ -530,9 +535,9 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     if (!l->active) continue;
     GstElement *queue = sora_make("queue", missing), *scale = sora_make("videoscale", missing),
                *size = sora_make("capsfilter", missing);
-    GstElement *raw = NULL, *enc = NULL, *post = NULL, *pay = NULL;
-    rc = make_encoder(encoding, l->bps, missing, &raw, &enc, &post, &pay);
-    GstElement *chain[LAYER_CHAIN] = {queue, scale, size, raw, enc, post, pay};
+    GstElement *fit = NULL, *enc = NULL, *post = NULL, *pay = NULL;
+    rc = make_encoder(encoding, l->bps, missing, &fit, &enc, &post, &pay);
+    GstElement *chain[LAYER_CHAIN] = {queue, fit, scale, size, enc, post, pay};
     if (rc == SORA_OK && missing->len)
       rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for %s simulcast: %s", encoding, missing->str);
     if (rc) {
@@ -559,9 +564,11 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     s->scale = l->scale;
     s->max_width = l->max_width;
     s->max_height = l->max_height;
+    s->even = g_ascii_strcasecmp(encoding, "H264") == 0;
     s->last_pts = GST_CLOCK_TIME_NONE;
     s->min_interval = l->max_framerate > 0 ? (GstClockTime)(GST_SECOND / l->max_framerate) : 0;
     gst_object_ref(enc);
+    sora_mark_send_branch(linked, n, mline);
     if ((rc = add_chain(bin, linked, n))) {
       gst_object_unref(enc);
       layer_unref(s);

@@ -750,7 +750,12 @@ class Session:
             if channel is not None:
                 channel.media.rtp_packet(self, event)
         elif name == "error":
-            log.warning("session %s: engine error: %s (%s)", self.connection_id, event.str0, event.str1)
+            with self._lock:
+                ending = self._ending
+            # (once the connection ends, the client's transport goes first: the SCTP encoder's failed writes
+            # are the normal end, not a warning)
+            (log.debug if ending else log.warning)("session %s: engine error: %s (%s)", self.connection_id,
+                                                    event.str0, event.str1)
 
     def _on_dc_open(self, event) -> None:
         label = event.str0
