@@ -216,7 +216,10 @@ int sora_video_encoder_make(const char *codec, const char *element, guint bps, G
     if (*enc) {
       gst_util_set_object_arg(G_OBJECT(*enc), "tune", "zerolatency");
       gst_util_set_object_arg(G_OBJECT(*enc), "speed-preset", "ultrafast");
-      g_object_set(*enc, "bitrate", kbps, "key-int-max", 3000, NULL);
+      /* Key frames as IDR pictures with VPS/SPS/PPS in front, as libwebrtc sends them: x265's default open GOP
+       * makes CRA pictures, before which rtph265pay inserts no parameter sets, so a receiver that joins later
+       * (or asks with a PLI) never gets them and decodes nothing. */
+      g_object_set(*enc, "bitrate", kbps, "key-int-max", 3000, "option-string", "open-gop=0:repeat-headers=1", NULL);
     }
     if (*pay) g_object_set(*pay, "config-interval", -1, NULL);
   } else if (g_ascii_strcasecmp(codec, "AV1") == 0) {
