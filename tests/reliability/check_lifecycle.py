@@ -309,12 +309,14 @@ class Sequence:
             self.tracked.append(tracked)
         elif kind == "connect":
             for index, (conn, tracked) in enumerate(self.conns):
-                if conn is not None and not tracked.connected:
+                if conn is not None and tracked.connected is False:
                     try:
                         conn.connect()
                         tracked.connected = True
                     except sora_sdk.SoraInvalidState:
-                        pass  # its Sora was closed: refused, never counted
+                        tracked.connected = None  # its Sora was closed: refused, never counted
+                    except RuntimeError:
+                        tracked.connected = None  # disconnect() came first: it has ended, never counted
                     return
         elif kind == "pause":
             time.sleep(0.1)
@@ -364,6 +366,9 @@ class Sequence:
         self.soras.clear()
         self.sinks.clear()
         self.conns = [(None, t) for _, t in self.conns]
+        for t in self.tracked:  # an action still waiting for a callback holds its connection: drop it too
+            with t.lock:
+                t.in_callback = []
         for t in self.helpers:
             t.join(self.STEP_LIMIT)
             assert not t.is_alive(), "a disconnect()/close() on another thread hangs"
