@@ -588,6 +588,11 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   GstElement *rtpbin = gst_bin_get_by_name(GST_BIN(webrtc), "rtpbin");
   if (rtpbin) {
     g_signal_connect(rtpbin, "new-jitterbuffer", G_CALLBACK(on_new_jitterbuffer), NULL);
+    /* Sender reports from capture time: send time needs the pipeline latency on every send branch, which branches
+     * linked after the pipeline started never get. 1.22 then logs each packet and still sends RTCP; 1.26 sends no
+     * RTCP at all for such a session ("generated empty RTCP messages"), so no receiver report and no PLI. */
+    if (g_object_class_find_property(G_OBJECT_GET_CLASS(rtpbin), "rtcp-sync-send-time"))
+      g_object_set(rtpbin, "rtcp-sync-send-time", FALSE, NULL);
     gst_object_unref(rtpbin);
   }
 
