@@ -1326,6 +1326,11 @@ static int impl_sora_peer_get_stats(sora_peer *peer, char **json_out) {
       gst_structure_set(all, "sora-rtcp-sent", GST_TYPE_STRUCTURE, rtcp, NULL);
       gst_structure_free(rtcp);
     }
+    GstStructure *senders = sora_stats_rtp_senders(peer->webrtc);
+    if (senders) {
+      gst_structure_set(all, "sora-rtp-senders", GST_TYPE_STRUCTURE, senders, NULL);
+      gst_structure_free(senders);
+    }
     sora_bwe_annotate_stats(peer->bwe, all); /* targetBitrate, quality limitation, encoded size (bwe.c) */
     sora_stats_extend_rtp(all, "inbound-rtp", extend_decoded, peer); /* framesDecoded, decoded size, rate */
     *json_out = sora_structure_to_json(all);
