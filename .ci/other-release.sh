@@ -49,7 +49,7 @@ TESTS=${SORA_CHROOT_TESTS:-tests --ignore=tests/test_official_interop.py --ignor
 # PyPy: the end-to-end media, data-channel, simulcast and server tests (trixie: 68 tests, ~1.7 min).
 PYPY_TESTS=${SORA_CHROOT_PYPY_TESTS:-tests/test_e2e_sendonly.py tests/test_e2e_datachannels.py \
 tests/test_local_sora_media.py tests/test_local_sora_signaling.py tests/test_simulcast.py \
-tests/test_local_sora_simulcast.py}
+tests/test_local_sora_simulcast.py tests/test_rtcp_feedback.py}
 PYTEST_ARGS=${SORA_CHROOT_PYTEST_ARGS:-}
 STEPS=${SORA_CHROOT_STEPS:-demo cpython pypy}
 
