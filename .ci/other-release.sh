@@ -125,6 +125,10 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# A minbase bookworm has no /etc/hosts: "localhost" would go to DNS, which the tests cannot reach.
+if ! grep -qs '^127\.0\.0\.1[[:space:]].*localhost' "$ROOT/etc/hosts"; then
+    printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >> "$ROOT/etc/hosts"
+fi
 # No services start inside the chroot.
 printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"
 chmod 755 "$ROOT/usr/sbin/policy-rc.d"
