@@ -54,6 +54,7 @@ PYTEST_ARGS=${SORA_CHROOT_PYTEST_ARGS:-}
 STEPS=${SORA_CHROOT_STEPS:-demo cpython pypy}
 
 if [ "$(id -u)" != 0 ]; then echo "other-release: needs root (debootstrap, chroot, mount)" >&2; exit 2; fi
+ROOT=$(realpath -m "$ROOT")  # as /proc/<pid>/root and /proc/self/mounts name it
 case "$ROOT" in /|"$REPO"|"$REPO"/*) echo "other-release: SORA_CHROOT must be outside the repository" >&2; exit 2 ;; esac
 
 log() { echo "other-release: $*"; }
@@ -98,9 +99,12 @@ SECONDS=0
 for m in $(mounts_under_root); do umount "$m" 2>/dev/null || umount -l "$m"; done
 if [ -z "$KEEP" ] || [ ! -x "$ROOT/usr/bin/apt-get" ]; then
     rm -rf --one-file-system "$ROOT"
-    if ! command -v debootstrap >/dev/null; then
-        log "installing debootstrap"
-        apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 debootstrap
+    tools=()
+    command -v debootstrap >/dev/null || tools+=(debootstrap)
+    command -v ip >/dev/null || tools+=(iproute2)  # loopback up in the tests' network namespace
+    if [ "${#tools[@]}" -ne 0 ]; then
+        log "installing ${tools[*]}"
+        apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 "${tools[@]}"
     fi
     log "debootstrap $RELEASE from $MIRROR into $ROOT"
     debootstrap --variant=minbase "$RELEASE" "$ROOT" "$MIRROR" > "$ROOT.debootstrap.log" 2>&1 || {
