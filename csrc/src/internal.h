@@ -102,8 +102,6 @@ void sora_peer_destroy_all(sora_context *ctx);
 GstElement *sora_peer_pipeline(sora_peer *peer);
 GstElement *sora_peer_webrtc(sora_peer *peer);
 sora_context *sora_peer_context(sora_peer *peer);
-/* Link `srcpad` to webrtcbin's send pad sink_<mline>, letting the m-line's transceiver send first (see peer.c). */
-GstPadLinkReturn sora_peer_link_send_pad(GstElement *webrtc, gint mline, GstPad *srcpad, GstCaps *rtp_caps);
 /* Hold the peer open for an operation (shared lock); sora_peer_leave releases it. */
 int sora_peer_enter(sora_peer *peer);
 void sora_peer_leave(sora_peer *peer);

@@ -862,37 +862,6 @@ static int impl_sora_peer_add_ice_candidate(sora_peer *peer, int32_t mline, cons
 
 /* ---- send branches -------------------------------------------------------- */
 
-/* Link `srcpad` to webrtcbin's sink_<mline>. The m-line's transceiver must be allowed to send before its send
- * pad is requested: webrtcbin 1.26 makes the transceivers when the remote offer is set and refuses a send pad for
- * one that only receives ("the transceiver's direction is recvonly"), while 1.22 took the pad and the direction
- * afterwards. Both take this order, so there is no version check: a recvonly transceiver becomes sendrecv, an
- * inactive one sendonly, and the caller then sets the direction the answer needs (sora_peer_set_direction). */
-GstPadLinkReturn sora_peer_link_send_pad(GstElement *webrtc, gint mline, GstPad *srcpad, GstCaps *rtp_caps) {
-  GArray *transceivers = NULL;
-  g_signal_emit_by_name(webrtc, "get-transceivers", &transceivers);
-  for (guint i = 0; transceivers && i < transceivers->len; i++) {
-    GstWebRTCRTPTransceiver *trans = g_array_index(transceivers, GstWebRTCRTPTransceiver *, i);
-    guint index = G_MAXUINT;
-    GstWebRTCRTPTransceiverDirection dir = GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_NONE;
-    g_object_get(trans, "mlineindex", &index, "direction", &dir, NULL);
-    if (index != (guint)mline) continue;
-    if (dir == GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_RECVONLY)
-      g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDRECV, NULL);
-    else if (dir != GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY && dir != GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDRECV)
-      g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY, NULL);
-    break;
-  }
-  if (transceivers) g_array_unref(transceivers);
-  char name[32];
-  g_snprintf(name, sizeof name, "sink_%d", mline);
-  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(webrtc), "sink_%u");
-  GstPad *sinkpad = gst_element_request_pad(webrtc, templ, name, rtp_caps);
-  if (!sinkpad) return GST_PAD_LINK_REFUSED;
-  GstPadLinkReturn link = gst_pad_link(srcpad, sinkpad);
-  gst_object_unref(sinkpad);
-  return link;
-}
-
 /* Build elements (appsrc ! convert ! encoder ! payloader [! queue ! pacer]) and link them to webrtcbin's
  * sink_<mline>. */
 static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gint n, GstCaps *rtp_caps) {
@@ -907,9 +876,14 @@ static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gin
       return rc;
     }
   }
+  char name[32];
+  g_snprintf(name, sizeof name, "sink_%d", mline);
+  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(peer->webrtc), "sink_%u");
+  GstPad *sinkpad = gst_element_request_pad(peer->webrtc, templ, name, rtp_caps);
   GstPad *srcpad = gst_element_get_static_pad(chain[n - 1], "src");
-  GstPadLinkReturn link = sora_peer_link_send_pad(peer->webrtc, mline, srcpad, rtp_caps);
+  GstPadLinkReturn link = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
   gst_object_unref(srcpad);
+  if (sinkpad) gst_object_unref(sinkpad);
   if (link != GST_PAD_LINK_OK) {
     for (gint j = 0; j < n; j++) gst_bin_remove(bin, chain[j]);
     return sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link);

@@ -395,9 +395,14 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     unref_all(head, G_N_ELEMENTS(head));
     goto out;
   }
+  char name[32];
+  g_snprintf(name, sizeof name, "sink_%d", mline);
+  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(sora_peer_webrtc(peer)), "sink_%u");
+  GstPad *sinkpad = gst_element_request_pad(sora_peer_webrtc(peer), templ, name, rtp_caps);
   GstPad *srcpad = gst_element_get_static_pad(out_filter, "src");
-  GstPadLinkReturn link_rc = sora_peer_link_send_pad(sora_peer_webrtc(peer), mline, srcpad, rtp_caps);
+  GstPadLinkReturn link_rc = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
   gst_object_unref(srcpad);
+  if (sinkpad) gst_object_unref(sinkpad);
   if (link_rc != GST_PAD_LINK_OK) {
     rc = sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link_rc);
     for (gint i = 0; i < n_tail; i++) {
