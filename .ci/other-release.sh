@@ -42,7 +42,7 @@ KEEP=${SORA_CHROOT_KEEP:-}
 # CPython: the whole suite but the parts that need more than the repository and loopback in the chroot: the
 # official SDK's tests (test_official_*: they pip-install it at test time), the browser test (npm's sora-js-sdk),
 # the bandwidth tests (traffic shaping in network namespaces) and any test file that reads ../shared (outside the
-# repository). trixie on 2 cores: ~910 tests, ~3.5 min.
+# repository). trixie on 2 cores: 913 tests, ~3.5 min.
 if [ -z "${SORA_CHROOT_TESTS:-}" ]; then
     TESTS="tests --ignore-glob=tests/test_official_* --ignore=tests/test_browser_viewer.py"
     TESTS+=" --ignore=tests/test_bandwidth_estimation.py"
@@ -50,7 +50,7 @@ if [ -z "${SORA_CHROOT_TESTS:-}" ]; then
 else
     TESTS=$SORA_CHROOT_TESTS
 fi
-# PyPy: the end-to-end media, data-channel, simulcast and server tests (trixie: 68 tests, ~1.7 min).
+# PyPy: the end-to-end media, data-channel, simulcast and server tests (trixie: 70 tests, ~1.7 min).
 PYPY_TESTS=${SORA_CHROOT_PYPY_TESTS:-tests/test_e2e_sendonly.py tests/test_e2e_datachannels.py \
 tests/test_local_sora_media.py tests/test_local_sora_signaling.py tests/test_simulcast.py \
 tests/test_local_sora_simulcast.py tests/test_rtcp_feedback.py}
