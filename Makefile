@@ -5,7 +5,9 @@
 #   make build            build/libsora_c.so -> sora_sdk/libsora_c.so + cffi module
 #   make test             setup + build + pytest (CPython venv)
 #   make test PY=pypy3    the same suite under the PyPy venv
-#   make demo | bench | clean | distclean
+#   make demo             the round-trip demo (CPython venv with the runtime packages only)
+#   make wheel            dist/: CPython abi3 + PyPy wheels; make wheel-check runs the demo from each
+#   make bench | clean | distclean
 #
 # Extra pytest arguments: make test ARGS='-k datachannel -x'  TESTS=tests/test_x.py
 # Extra pip requirements for both venvs: list them in requirements-dev.txt
@@ -281,7 +283,8 @@ ASAN_TESTS     ?= tests/abi tests/test_e2e_sendonly.py tests/test_e2e_datachanne
                   tests/test_signaling_flow.py tests/test_reoffer_validation.py tests/test_engine_context.py \
                   tests/test_e2e_secure_transport.py tests/test_e2e_proxy.py tests/test_codec.py tests/test_av1.py \
                   tests/test_simulcast.py tests/test_local_sora_simulcast.py tests/test_local_sora_switched.py \
-                  tests/test_local_sora_spotlight_speakers.py tests/test_openh264.py \
+                  tests/test_local_sora_spotlight_speakers.py tests/test_openh264.py tests/test_lifecycle.py \
+                  tests/reliability/check_lifecycle.py::test_random_lifecycle_sequences \
                   tests/reliability/check_faults.py --deselect tests/reliability/check_faults.py::test_udp_blackholed_mid_call \
                   tests/reliability/check_fuzz.py::test_fuzz_message_handlers_of_live_connections \
                   tests/reliability/check_fuzz.py::test_fuzz_real_sockets
@@ -306,8 +309,30 @@ test-asan: asan-shim build
 	    [ "$$rc" -ne 0 ] || rc=1; done; \
 	echo "test-asan: $$(ls $(ASAN_LOG_DIR) | wc -l) ASan report(s); pytest exit $$rc"; exit $$rc
 
-demo: setup build
+# make demo / make wheel need only the pinned packages in the venv(s): not the type checker and the property
+# tests of requirements-dev.txt, not sora-js-sdk, and make demo not the PyPy venv. Their venv stamp has its own
+# name, so a later `make test` still installs the rest.
+LIGHT := STAMP=.sora-runtime.stamp EXTRA_REQS=
+
+demo:
+	@$(MAKE) --no-print-directory $(LIGHT) apt-packages build
 	$(VENVPY) -m sora_sdk.demo $(ARGS)
+
+# make wheel: $(WHEEL_DIR)/ gets a CPython abi3 wheel and a PyPy wheel of the shim `make build` made, each
+# checked to hold exactly one libsora_c.so and one cffi module. make wheel-check installs each into a fresh venv
+# outside the tree and runs the round-trip demo from it (tests/check_wheel.sh; ~20 + 25 s after make wheel).
+WHEEL_DIR ?= dist
+.PHONY: wheel wheel-check
+wheel:
+	@$(MAKE) --no-print-directory $(LIGHT) apt-packages shim $(CPY_VENV)/.sora-runtime.stamp $(PYPY_VENV)/.sora-runtime.stamp
+	rm -f $(WHEEL_DIR)/sora_sdk-*.whl
+	for py in $(CPY_VENV)/bin/python $(PYPY_VENV)/bin/python; do \
+	    SORA_SDK_SKIP_SHIM=1 $$py -m pip wheel $(PIP_FLAGS) --no-build-isolation --no-deps -q -w $(WHEEL_DIR) . ; done
+	bash tests/check_wheel.sh --contents $(WHEEL_DIR)/sora_sdk-*.whl
+
+wheel-check: wheel
+	bash tests/check_wheel.sh --python $(CPYTHON) $(WHEEL_DIR)/sora_sdk-*-abi3-*.whl
+	bash tests/check_wheel.sh --python $(PYPY) $(WHEEL_DIR)/sora_sdk-*-pp3*.whl
 
 bench: setup build
 	$(VENVPY) -m benchmarks.run $(ARGS)
@@ -320,7 +345,7 @@ bench-compare: setup build
 	$(VENVPY) -m benchmarks.compare $(ARGS)
 
 clean:
-	rm -rf $(BUILD_DIR) .pytest_cache *.egg-info
+	rm -rf $(BUILD_DIR) .pytest_cache .hypothesis *.egg-info $(WHEEL_DIR)
 	rm -f $(SHIM_PKG) $(SHIM_PKG).tmp $(PKG_DIR)/_sora_cffi*.so $(PKG_DIR)/_sora_cffi.c $(PKG_DIR)/_sora_cffi.o _sora_cffi.c _sora_cffi.o
 	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +
 

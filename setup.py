@@ -13,6 +13,7 @@ as is. ``make build`` is the in-place path that tests and CI use.
 """
 import glob
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -91,10 +92,18 @@ class BuildPyWithShim(build_py):
 
     def run(self):
         build_shim()
+        # A cffi module left in build/lib* by an older build would be packed beside the one build_ext makes.
+        for stale in glob.glob(os.path.join(self.build_lib, "sora_sdk", "_sora_cffi*")):
+            os.remove(stale)
         super().run()
 
+
+# On CPython the cffi module uses only the stable ABI (cffi builds it as _sora_cffi.abi3.so), so the wheel is
+# tagged cp39-abi3 and serves every CPython >= 3.9. PyPy's wheel keeps its own tag.
+OPTIONS = {"bdist_wheel": {"py_limited_api": "cp39"}} if platform.python_implementation() == "CPython" else {}
 
 setup(
     cmdclass={"build_py": BuildPyWithShim},
     cffi_modules=["build_ffi.py:ffibuilder"],
+    options=OPTIONS,
 )

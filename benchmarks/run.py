@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import sora_sdk  # noqa: E402
 from benchmarks import sfu_fanout  # noqa: E402
+from benchmarks import aio_latency  # noqa: E402
 from benchmarks import codec_floor  # noqa: E402
 from benchmarks.common import Client, cpu_model, cpu_seconds  # noqa: E402
 from sora_sdk.testing import LocalSora  # noqa: E402
@@ -164,6 +165,8 @@ def main() -> int:
         sections += ["## Sending (%.0f s each, 30 fps target, 1 Mbit/s)" % SECONDS, "", table(sends), ""]
         dcs = [bench_data_channel(server, 100, 5000), bench_data_channel(server, 65536, 300)]
         sections += ["## Data channel `#` messages through the local server", "", table(dcs), ""]
+    sections += ["## asyncio: event-loop latency while frames flow (sora_sdk.aio, slow consumer)", "",
+                 table([aio_latency.measure(SECONDS)]), ""]
     sections += [sfu_fanout.report([1, 4, 16], min(SECONDS, 6.0), 1000)]
     sections += [codec_floor.report(min(SECONDS, 4.0))]
     text = "\n".join(sections)

@@ -14,12 +14,14 @@ import logging
 import os
 import random
 import threading
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from . import codec as codec_mod
 from . import sdp as sdp_parser
-from .callbacks import CallbackProperty, invoke
+from ._reaper import later
+from .callbacks import CallbackProperty, invoke_in
 from . import stats as stats_mod
 from .datachannels import DataChannels
 from .enums import SoraDegradationPreference, SoraSignalingDirection, SoraSignalingErrorCode, SoraSignalingType
@@ -122,32 +124,23 @@ def _invalid_offer(message: dict) -> Optional[str]:
     return None
 
 
-class SoraConnection:
-    """A connection created by `Sora.create_connection()`; see the official API for each callback."""
+class _Connection:
+    """The working part of one connection: signaling, the peer connection and the state machine.
 
-    on_set_offer = CallbackProperty("on_set_offer")
-    on_ws_close = CallbackProperty("on_ws_close")
-    on_disconnect = CallbackProperty("on_disconnect")
-    on_signaling_message = CallbackProperty("on_signaling_message")
-    on_notify = CallbackProperty("on_notify")
-    on_push = CallbackProperty("on_push")
-    on_message = CallbackProperty("on_message")
-    on_rpc = CallbackProperty("on_rpc")
-    on_switched = CallbackProperty("on_switched")
-    on_track = CallbackProperty("on_track")
-    on_data_channel = CallbackProperty("on_data_channel")
+    Threads, timers and engine routers hold this object, never the `SoraConnection` the application holds: so
+    that dropping the application's last reference to that one ends the connection (as the official SDK's
+    destructor does) instead of the running connection keeping it alive. The callbacks are read from the
+    `SoraConnection` through a weak reference while it exists, and from the dict it hands over as it goes.
+    """
 
-    def __new__(cls, *args, **kwargs):
-        if not kwargs.get("_internal"):
-            raise TypeError("SoraConnection has no public constructor; use Sora.create_connection()")
-        return super().__new__(cls)
-
-    def __init__(self, sora, options, *, identity: Dict[str, str], _internal: bool = False) -> None:
-        self._sora = sora
+    def __init__(self, sora, options, owner, *, identity: Dict[str, str]) -> None:
+        self._sora = sora  # the Sora instance's _SoraCore
         self._context = sora._context
         self._options = options
         self._identity = identity
-        self._callbacks: Dict[str, Callable] = {}
+        self._owner = weakref.ref(owner)
+        self._orphan_callbacks: Dict[str, Callable] = {}  # the owner's callbacks once it was dropped
+        self._disconnected = False  # on_disconnect has been (or is being) delivered: no callback after it
         self._state = INIT
         self._state_lock = threading.Lock()
         self._done = threading.Event()
@@ -165,12 +158,31 @@ class SoraConnection:
         self._pending_candidates: List[str] = []
         self._answer_sent = False
         self._close_reason = ""
+        self._end: Optional[Tuple[Code, str]] = None  # what on_disconnect said
         self._connection_id: Optional[str] = None
         self._descriptions = (None, None)  # (remote offer, local answer) last negotiated
 
     # ------------------------------------------------------------------ helpers
     def _emit(self, name: str, *args: Any) -> None:
-        invoke(self, name, *args)
+        if self._disconnected:
+            return
+        owner = self._owner()
+        callbacks = owner._callbacks if owner is not None else self._orphan_callbacks
+        invoke_in(callbacks, "SoraConnection", name, *args)
+
+    def _owner_dropped(self) -> None:
+        """The application dropped its last reference to the SoraConnection (it handed its callbacks over in
+        _orphan_callbacks): end the connection as disconnect() does, without waiting (reaper thread)."""
+        if self._started():
+            self._post(self._start_disconnect)
+
+    def _started(self) -> bool:
+        """False, once ended, for a connection never connected (it ends quietly here) or already ended."""
+        with self._state_lock:
+            if self._state == INIT:
+                self._state = CLOSED
+                self._done.set()
+            return self._state != CLOSED
 
     def _post(self, fn) -> None:
         if not self._context.post(fn):
@@ -211,7 +223,9 @@ class SoraConnection:
     # ------------------------------------------------------------------ public API
     @property
     def ice_connection_state(self) -> str:
-        """ICE connection state of the peer connection ("new" before the offer)."""
+        """ICE connection state of the peer connection ("new" before the offer, "closed" after disconnect)."""
+        if self._state == CLOSED:
+            return "closed"
         return self._peer.ice_connection_state if self._peer is not None else "new"
 
     @property
@@ -225,66 +239,65 @@ class SoraConnection:
         """Start connecting and return at once; the result arrives through the callbacks."""
         with self._state_lock:
             if self._state == CLOSED:
-                raise RuntimeError("Already disconnected. Please create another Sora instance to establish "
-                                   "a new connection.")
+                raise RuntimeError("Already disconnected. Please create a new connection with "
+                                   "Sora.create_connection() to connect again.")
             if self._state != INIT:
+                log.warning("connect() was called again on a connection that is already %s: ignored", self._state)
                 return
-            if self._context.closed:
+            if not self._sora._register(self):
                 raise SoraInvalidState("the Sora instance of this connection is closed")
             self._state = CONNECTING
-        self._sora._register(self)
         threading.Thread(target=self._open_thread, name="sora-ws-open", daemon=True).start()
 
     def disconnect(self) -> None:
         """End the connection; blocks until on_disconnect has run (bounded), except inside a callback."""
-        with self._state_lock:
-            if self._state == INIT:
-                self._state = CLOSED
-                self._done.set()
-                return
-            if self._state == CLOSED:
-                return
+        if not self._started():
+            return
         if self._context.on_dispatcher_thread():
             self._start_disconnect()
             return
         self._post(self._start_disconnect)
+        self.wait_ended()
+
+    def wait_ended(self) -> None:
+        """Wait until on_disconnect has run (bounded by the close timeouts); if the dispatcher thread cannot run
+        it (a callback blocks it), end the connection from this thread so that on_disconnect still comes once."""
         opts = self._options
         bound = max(opts.websocket_close_timeout, opts.disconnect_wait_timeout) + 5.0
-        if not self._done.wait(bound):
-            self._post(lambda: self._finish(Code.CLOSE_FAILED, "Failed to close: disconnect timed out"))
-            if not self._done.wait(5.0):
-                log.error("disconnect(): the dispatcher thread did not answer; giving up")
-
-    def close(self) -> None:
-        """Disconnect (if needed) and release this connection's engine resources (additive API)."""
-        self.disconnect()
-
-    def __enter__(self) -> "SoraConnection":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        if self._done.wait(bound):
+            return
+        self._post(lambda: self._finish(Code.CLOSE_FAILED, "Failed to close: disconnect timed out"))
+        if not self._done.wait(5.0):
+            log.error("disconnect(): the dispatcher thread did not answer (a callback blocks it); "
+                      "ending the connection from this thread")
+            self._finish(Code.CLOSE_FAILED, "Failed to close: disconnect timed out")
 
     def get_stats(self) -> str:
         """W3C webrtc-stats as JSON text ("[]" before the peer connection exists)."""
         if self._state == CLOSED:
-            raise SoraInvalidState("get_stats() was called after disconnect")
+            raise SoraInvalidState("get_stats() was called after the connection ended (%s)" % self._end_reason())
         peer = self._peer
         if peer is None:
             return "[]"
         try:
             return json.dumps(self._stats_reports(peer))
         except SoraInvalidState:
-            raise SoraInvalidState("get_stats() was called after disconnect") from None
+            raise SoraInvalidState("get_stats() was called after the connection ended (%s)"
+                                   % self._end_reason()) from None
 
-    def send_data_channel(self, label: str, data: bytes) -> bool:
+    def _end_reason(self) -> str:
+        if self._end is None:
+            return "disconnect() before connect()"
+        return "%s: %s" % (self._end[0].name, self._end[1])
+
+    def send_data_channel(self, label: str, data: bytes, _what: str = "send_data_channel()") -> bool:
         """Send `data` on the user data channel `label`; False if that channel is not open."""
         if not isinstance(label, str):
             raise TypeError("label must be a str, got %s" % type(label).__name__)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("data must be bytes, got %s" % type(data).__name__)
         if self._state == CLOSED:
-            raise SoraInvalidState("send_data_channel() was called after disconnect")
+            raise SoraInvalidState("%s was called after the connection ended (%s)" % (_what, self._end_reason()))
         if len(data) == 0:
             raise SoraInvalidArgument("empty data-channel messages cannot be sent by this engine (GStreamer 1.22)")
         peer = self._peer
@@ -298,6 +311,17 @@ class SoraConnection:
             return False
         self._channels.count_sent(channel, len(payload))
         return True
+
+    def buffered_amount(self, label: str) -> int:
+        """Bytes queued on data channel `label` and not sent yet (0 when it is not open)."""
+        peer = self._peer
+        channel = self._channels.get(label)
+        if peer is None or channel is None or self._state == CLOSED:
+            return 0
+        try:
+            return peer.buffered_amount(channel.id)
+        except SoraError:
+            return 0
 
     def send_rpc(self, id: Optional[int], method: str, params: Any = None) -> bool:
         """Send a JSON-RPC 2.0 request (or a notification when id is None) on the `rpc` data channel."""
@@ -316,7 +340,7 @@ class SoraConnection:
             text = json.dumps(request, separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError):
             raise TypeError("Invalid JSON value in params") from None
-        return self.send_data_channel("rpc", text.encode("utf-8"))
+        return self.send_data_channel("rpc", text.encode("utf-8"), _what="send_rpc()")
 
     # ------------------------------------------------------------------ WebSocket threads
     def _ws_kwargs(self, timeout: float) -> Dict[str, Any]:
@@ -517,13 +541,18 @@ class SoraConnection:
             return
         sections = sdp_parser.parse(message["sdp"])
         self._announce_tracks(sections)
+        if self._state != CONNECTING:
+            return  # an on_track callback disconnected (or closed the Sora instance)
         self._channels.apply_offer(message.get("data_channels"))
         try:
             self._attach_sources(sections, message)
         except SoraError as exc:
             self._fail_internal(Code.INTERNAL_ERROR, "Failed to add a local track: %s" % exc)
             return
-        self._state = CONNECTED
+        with self._state_lock:
+            if self._state != CONNECTING:
+                return
+            self._state = CONNECTED
         self._emit("on_set_offer", text)
         if self._state != CONNECTED:
             return  # a callback disconnected
@@ -589,6 +618,8 @@ class SoraConnection:
                     engine = transformer._attach(self._context)
                     self._transforms.append((transformer, engine))
                     self._peer.set_send_transform(section.index, engine)
+            # (the direction first: webrtcbin 1.26 gives a send pad only to a transceiver that sends)
+            self._peer.set_direction(section.index, "sendonly" if section.direction == "recvonly" else "sendrecv")
             if simulcast:
                 self._peer.attach_video_simulcast(source._handle, section.index, codec.name.upper(),
                                                   codec.payload_type, encodings, opts.video_bit_rate or 1000,
@@ -604,7 +635,6 @@ class SoraConnection:
             else:
                 self._peer.attach_audio_source(source._handle, section.index, codec.name.upper(),
                                                codec.payload_type, opts.audio_bit_rate or 0, codec.fmtp)
-            self._peer.set_direction(section.index, "sendonly" if section.direction == "recvonly" else "sendrecv")
             done.add(section.kind)
 
     def _handle_reoffer(self, via, text: str, message: dict) -> None:
@@ -621,6 +651,8 @@ class SoraConnection:
         try:
             self._peer.set_remote_description("offer", sdp)
             self._announce_tracks(sdp_parser.parse(sdp))
+            if self._state not in (CONNECTED, CLOSING):
+                return  # an on_track callback disconnected
             answer = self._peer.create_answer()
         except SoraError as exc:
             self._fail_internal(Code.ICE_FAILED, "Failed to apply %s: %s" % (message.get("type"), exc))
@@ -703,6 +735,9 @@ class SoraConnection:
                                  "Succeeded to close DataChannel: reason=%s" % self._close_reason)
         elif name == "error":
             log.warning("engine error (%s): %s", event.str1, event.str0)
+            if event.i0 > 0 and self._state == CONNECTED:  # a send branch failed: never go on sending nothing
+                self._fail_internal(Code.INTERNAL_ERROR, "Failed to send media on m-line %d: %s (%s)"
+                                    % (event.i0 - 1, event.str0, event.str1))
 
     def _bind_track(self, event) -> None:
         """Media arrived for a remote track: match it to the SoraMediaTrack announced from the offer."""
@@ -782,6 +817,8 @@ class SoraConnection:
         try:
             self._peer.set_remote_description("offer", sdp)
             self._announce_tracks(sdp_parser.parse(sdp))
+            if self._state not in (CONNECTED, CLOSING):
+                return  # an on_track callback disconnected
             answer = self._peer.create_answer()
         except SoraError as exc:
             self._fail_internal(Code.ICE_FAILED, "Failed to apply re-offer: %s" % exc)
@@ -849,6 +886,8 @@ class SoraConnection:
 
     def _fail_internal(self, code: Code, message: str) -> None:
         """An error on our side: tell the server (as the official SDK does) and end."""
+        if self._state == CLOSED:
+            return
         self._send_ws('{"type":"disconnect","reason":"INTERNAL-ERROR"}')
         self._finish(code, message)
 
@@ -879,7 +918,16 @@ class SoraConnection:
                 for transformer, engine in transforms:
                     transformer._detach(engine)
             threading.Thread(target=release, name="sora-sink-close", daemon=True).start()
-        self._emit("on_disconnect", code, message)
+        self._end = (code, message)
+        owner = self._owner()
+        callbacks = owner._callbacks if owner is not None else self._orphan_callbacks
+        if "on_disconnect" in callbacks:
+            self._emit("on_disconnect", code, message)
+        elif code != Code.CLOSE_SUCCEEDED:  # nobody listens: do not let a failure pass in silence
+            log.warning("connection %s ended: %s: %s (set on_disconnect to handle this)",
+                        self._connection_id or "(not connected)", code.name, message)
+        self._disconnected = True
+        self._orphan_callbacks = {}  # what the dropped owner handed over is needed no more
         self._done.set()
         self._sora._unregister(self)
 
@@ -902,3 +950,85 @@ class SoraConnection:
             extra["audio"] = {"targetBitrate": opts.audio_bit_rate * 1000}
         return stats_mod.to_w3c(raw, data_channels=self._channels.stats(), media_sources=sources,
                                 outbound_extra=extra, ssrcs=sdp_parser.ssrc_table(*self._descriptions))
+
+
+class SoraConnection:
+    """A connection created by `Sora.create_connection()`; see the official API for each callback.
+
+    Dropping the last reference to it ends the connection as `disconnect()` does (without waiting): its
+    callbacks, on_disconnect included, still run until then. Reference cycles through callbacks
+    (`conn.on_x = self.method`) are collectable.
+    """
+
+    on_set_offer = CallbackProperty("on_set_offer")
+    on_ws_close = CallbackProperty("on_ws_close")
+    on_disconnect = CallbackProperty("on_disconnect")
+    on_signaling_message = CallbackProperty("on_signaling_message")
+    on_notify = CallbackProperty("on_notify")
+    on_push = CallbackProperty("on_push")
+    on_message = CallbackProperty("on_message")
+    on_rpc = CallbackProperty("on_rpc")
+    on_switched = CallbackProperty("on_switched")
+    on_track = CallbackProperty("on_track")
+    on_data_channel = CallbackProperty("on_data_channel")
+
+    def __new__(cls, *args, **kwargs):
+        if not kwargs.get("_internal"):
+            raise TypeError("SoraConnection has no public constructor; use Sora.create_connection()")
+        return super().__new__(cls)
+
+    def __init__(self, sora, options, *, identity: Dict[str, str], _internal: bool = False) -> None:
+        self._callbacks: Dict[str, Callable] = {}
+        self._sora = sora  # the Sora object: it lives at least as long as its connections
+        self._core = _Connection(sora._core, options, self, identity=identity)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "_core":
+            raise AttributeError(name)
+        return getattr(self._core, name)  # internals, for tests and the SDK's own tools
+
+    def __del__(self) -> None:
+        core = self.__dict__.get("_core")
+        if core is not None:
+            core._orphan_callbacks = self.__dict__.get("_callbacks", {})  # before the weak reference dies
+            later(core._owner_dropped)
+
+    @property
+    def ice_connection_state(self) -> str:
+        """ICE connection state of the peer connection ("new" before the offer, "closed" after disconnect)."""
+        return self._core.ice_connection_state
+
+    @property
+    def connection_state(self) -> str:
+        """Peer connection state ("new" before the offer, "closed" after disconnect)."""
+        return self._core.connection_state
+
+    def connect(self) -> None:
+        """Start connecting and return at once; the result arrives through the callbacks."""
+        self._core.connect()
+
+    def disconnect(self) -> None:
+        """End the connection; blocks until on_disconnect has run (bounded), except inside a callback."""
+        self._core.disconnect()
+
+    def close(self) -> None:
+        """Disconnect (if needed) and release this connection's engine resources (additive API)."""
+        self._core.disconnect()
+
+    def __enter__(self) -> "SoraConnection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def get_stats(self) -> str:
+        """W3C webrtc-stats as JSON text ("[]" before the peer connection exists)."""
+        return self._core.get_stats()
+
+    def send_data_channel(self, label: str, data: bytes) -> bool:
+        """Send `data` on the user data channel `label`; False if that channel is not open."""
+        return self._core.send_data_channel(label, data)
+
+    def send_rpc(self, id: Optional[int], method: str, params: Any = None) -> bool:
+        """Send a JSON-RPC 2.0 request (or a notification when id is None) on the `rpc` data channel."""
+        return self._core.send_rpc(id, method, params)

@@ -17,7 +17,7 @@ from ._ffi import EventRouter, check, ffi, lib
 
 log = logging.getLogger("sora_sdk")
 
-CLOSE_WAIT = 10.0  # seconds close() waits for shim calls still running on other threads
+CLOSE_WAIT = 5.0  # seconds close() waits for shim calls still running on other threads before it defers the destroy
 
 
 class Context:
@@ -32,6 +32,9 @@ class Context:
         self._users = 0
         self._depth = threading.local()  # this thread's nesting of use()
         self._closed = False
+        self._destroy_deferred = False  # close() left the destroy to the last call still using the context
+        self._dispatcher_ident = None  # threading.get_ident() of the dispatcher thread, known from its first event
+        self.post(lambda: None)
 
     @property
     def ptr(self):
@@ -84,8 +87,12 @@ class Context:
         self._depth.n -= 1
         with self._lock:
             self._users -= 1
-            if self._users == 0:
-                self._idle.notify_all()
+            if self._users:
+                return
+            self._idle.notify_all()
+            destroy, self._destroy_deferred = self._destroy_deferred, False
+        if destroy:
+            self._destroy()
 
     def post(self, fn) -> bool:
         """Run `fn()` on the dispatcher thread, after everything already queued."""
@@ -99,32 +106,46 @@ class Context:
         return True
 
     def on_dispatcher_thread(self) -> bool:
-        return not self._closed and bool(lib.sora_context_is_dispatcher_thread(self._ptr))
+        return self._dispatcher_ident == threading.get_ident()
 
     def _on_event(self, event) -> None:
+        self._dispatcher_ident = threading.get_ident()
         fn = self._posted.popleft()
         try:
             fn()
         except Exception:
             log.exception("error in work posted to the dispatcher thread")
 
-    def close(self) -> None:
-        """Destroy every peer and source of this context and stop its thread."""
+    def close(self, wait: float = CLOSE_WAIT) -> None:
+        """Destroy every peer and source of this context and stop its thread (idempotent, any thread).
+
+        From now on no shim call starts (use() raises, call() returns its `closed` value). Calls already running
+        on other threads get up to `wait` seconds to end; if some are still running then (a callback that
+        blocks, a call that waits on one), the last of them to leave destroys the context, never earlier.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            own = getattr(self._depth, "n", 0)  # calls of this very thread cannot end first
-            deadline = time.monotonic() + CLOSE_WAIT
+            own = getattr(self._depth, "n", 0)  # calls of this very thread cannot end while it waits here
+            deadline = time.monotonic() + wait
             while self._users > own:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    log.error("closing the engine context while %d call(s) still use it", self._users - own)
                     break
                 self._idle.wait(left)
+            if self._users:
+                log.debug("engine context closed while %d call(s) still use it: the last one destroys it",
+                          self._users)
+                self._destroy_deferred = True
+                return
+        self._destroy()
+
+    def _destroy(self) -> None:
         ptr = self._ptr
-        if lib.sora_context_is_dispatcher_thread(ptr):
+        if self.on_dispatcher_thread():
             # The dispatcher cannot join itself: finish from a helper thread.
-            threading.Thread(target=lib.sora_context_destroy, args=(ptr,), daemon=True).start()
+            threading.Thread(target=lib.sora_context_destroy, args=(ptr,), name="sora-context-close",
+                             daemon=True).start()
         else:
             check(lib.sora_context_destroy(ptr), "engine context")

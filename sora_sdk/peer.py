@@ -359,6 +359,13 @@ class Peer:
             check(lib.sora_peer_send_data(ptr, channel_id, buf, len(buf), 1 if binary else 0),
               "send on data channel")
 
+    def buffered_amount(self, channel_id: int) -> int:
+        """Bytes queued on the data channel and not yet handed to SCTP (RTCDataChannel.bufferedAmount)."""
+        out = ffi.new("uint64_t *")
+        with self._use() as ptr:
+            check(lib.sora_peer_data_channel_buffered_amount(ptr, channel_id, out), "data channel buffered amount")
+        return int(out[0])
+
     def close_data_channel(self, channel_id: int) -> None:
         with self._use() as ptr:
             check(lib.sora_peer_close_data_channel(ptr, channel_id), "close data channel")

@@ -127,15 +127,23 @@ def mids(sdp: str) -> Dict[str, str]:
 
 
 def ssrc_table(*sdps: Optional[str]) -> Dict[int, dict]:
-    """{ssrc: {"kind", "mid", "codec", "rtx_of"}} from the a=ssrc / a=ssrc-group:FID lines of descriptions."""
+    """{ssrc: {"kind", "mid", "codec", "rtx_of", "payload_type", "name", "clock_rate", "channels", "fmtp"}}
+    from the a=ssrc / a=ssrc-group:FID lines of descriptions; the codec fields are those of the section's
+    first media codec (None without one)."""
     table: Dict[int, dict] = {}
     for text in sdps:
         if not text:
             continue
         for section in parse(text):
             codecs = section.media_codecs()
-            codec = codecs[0].name.upper() if codecs else None
+            first = codecs[0] if codecs else None
+            codec = first.name.upper() if first else None
             for ssrc in section.ssrcs:
                 table[ssrc] = {"kind": section.kind, "mid": section.mid, "codec": codec,
-                               "rtx_of": section.fid.get(ssrc)}
+                               "rtx_of": section.fid.get(ssrc),
+                               "payload_type": first.payload_type if first else None,
+                               "name": first.name if first else None,
+                               "clock_rate": first.clock_rate if first else None,
+                               "channels": first.channels if first else None,
+                               "fmtp": first.fmtp if first else None}
     return table

@@ -7,7 +7,9 @@ import threading
 import weakref
 from typing import List, Optional
 
+from . import _reaper
 from . import codec as codec_mod
+from .callbacks import in_callback
 from ._ffi import ffi, lib
 from .connect_message import default_environment, normalize_connection_options
 from .connection import SoraConnection
@@ -18,7 +20,8 @@ from .media.video_source import SoraVideoSource
 from .version import VERSION
 
 log = logging.getLogger("sora_sdk")
-_live = weakref.WeakSet()
+_live = set()  # _SoraCore objects not closed yet (closed at exit)
+_live_lock = threading.Lock()
 
 
 def engine_version() -> str:
@@ -34,11 +37,81 @@ def _identity() -> dict:
     }
 
 
+class _SoraCore:
+    """What a Sora instance owns: the engine context (with its dispatcher thread) and its live connections.
+
+    Connections refer to this, not to the Sora object, so that dropping the Sora object (once no connection
+    object is left either) can close it.
+    """
+
+    def __init__(self, openh264, video_codec_preference) -> None:
+        self._openh264 = openh264
+        self._video_codec_preference = video_codec_preference
+        self._context = Context()
+        self._connections = []  # connection cores that called connect() and have not ended
+        self._lock = threading.Lock()
+        self._closing = False
+        self._closed = threading.Event()
+        with _live_lock:
+            _live.add(self)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def _register(self, connection) -> bool:
+        """Count a connection that starts connecting; False once closing (it must not start)."""
+        with self._lock:
+            if self._closing:
+                return False
+            self._connections.append(connection)
+            return True
+
+    def _unregister(self, connection) -> None:
+        with self._lock:
+            if connection in self._connections:
+                self._connections.remove(connection)
+
+    def begin_close(self) -> bool:
+        """Refuse new work from now on; True for the one caller that must then run finish_close()."""
+        with self._lock:
+            if self._closing:
+                return False
+            self._closing = True
+            return True
+
+    def finish_close(self) -> None:
+        """End every connection (each with its one on_disconnect), then destroy the engine context."""
+        try:
+            with self._lock:
+                connections = list(self._connections)
+            for connection in connections:  # all at once, then wait for each
+                connection._post(connection._start_disconnect)
+            for connection in connections:
+                try:
+                    connection.wait_ended()
+                except Exception:
+                    log.exception("disconnect during Sora.close() failed")
+            self._context.close()
+        finally:
+            with _live_lock:
+                _live.discard(self)
+            self._closed.set()
+
+    def close(self, wait: bool = True) -> None:
+        """Close (idempotent). With `wait`, returns once closed (another thread's close included, bounded)."""
+        if self.begin_close():
+            self.finish_close()
+        elif wait:
+            self._closed.wait(30.0)
+
+
 class Sora:
     """Owns the media engine, one dispatcher thread and everything created from it.
 
     Additive to the official API: `close()` and use as a context manager;
-    `close()` disconnects every live connection first.
+    `close()` disconnects every live connection first. Dropping the last reference to a Sora object (and to
+    every connection made from it) closes it in the background, as the official destructor does.
     """
 
     def __init__(self, openh264: Optional[str] = None, video_codec_preference=None,
@@ -65,10 +138,9 @@ class Sora:
         self._force_i420_conversion = force_i420_conversion
         self._field_trials = field_trials
         self._identity = _identity()
-        self._context = Context()
-        self._connections: List[SoraConnection] = []
-        self._lock = threading.Lock()
-        _live.add(self)
+        self._core = _SoraCore(openh264, video_codec_preference)
+        self._context = self._core._context
+        weakref.finalize(self, _reaper.later, self._core.close).atexit = False
 
     # ---- factory methods ----
     def create_connection(self, signaling_urls, role, channel_id, client_id=None, bundle_id=None, metadata=None,
@@ -125,32 +197,25 @@ class Sora:
 
     # ---- lifetime ----
     def _check_open(self) -> None:
-        if self._context.closed:
+        if self._core.closing:
             from .errors import SoraInvalidState
 
             raise SoraInvalidState("this Sora instance is closed")
 
-    def _register(self, connection: SoraConnection) -> None:
-        with self._lock:
-            self._connections.append(connection)
-
-    def _unregister(self, connection: SoraConnection) -> None:
-        with self._lock:
-            if connection in self._connections:
-                self._connections.remove(connection)
-
     def close(self) -> None:
-        """Disconnect every connection, then stop the engine (idempotent)."""
-        if self._context.closed:
+        """Disconnect every connection, then stop the engine (idempotent; legal anywhere, callbacks included).
+
+        Outside callbacks it returns once every on_disconnect has run and the engine has stopped. Inside a
+        callback (whose thread the shutdown may need) it returns at once and a helper thread finishes.
+        """
+        if not self._core.begin_close():
+            if not in_callback():
+                self._core.close(wait=True)
             return
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.disconnect()
-            except Exception:
-                log.exception("disconnect during Sora.close() failed")
-        self._context.close()
+        if in_callback() or self._context.on_dispatcher_thread():
+            threading.Thread(target=self._core.finish_close, name="sora-close", daemon=True).start()
+        else:
+            self._core.finish_close()
 
     def __enter__(self) -> "Sora":
         return self
@@ -162,8 +227,10 @@ class Sora:
 @atexit.register
 def _close_all() -> None:
     # The dispatcher is a native thread: it must be stopped before the interpreter goes away.
-    for sora in list(_live):
+    with _live_lock:
+        cores = list(_live)
+    for core in cores:
         try:
-            sora.close()
+            core.close()
         except Exception:
             log.exception("closing a Sora instance at exit failed")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
+import struct
 import time
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -97,12 +99,14 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
 
     def codec_of(item: dict) -> Optional[dict]:
         codec = by_ssrc.get(item.get("ssrc"))
+        direction = "encode" if item.get("type") in ("outbound-rtp", "remote-inbound-rtp") else "decode"
         if codec is None:  # the engine has not listed it yet: the same codec of the same direction will do
             known = ssrcs.get(item.get("ssrc"), {})
-            direction = "encode" if item.get("type", "").startswith("outbound") else "decode"
             codec = next((c for c in by_ssrc.values() if known.get("codec")
                           and c.get("mime-type", "").split("/")[-1].upper() == known["codec"]
                           and c.get("codec-type", direction) == direction), None)
+        if codec is None or "mime-type" not in codec:
+            codec = _sdp_codec(item, ssrcs, direction)
         if codec is not None:
             codecs_out[codec["id"]] = codec
         return codec
@@ -248,17 +252,89 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
     return out
 
 
+def _sdp_codec(item: dict, ssrcs: Dict[int, dict], direction: str) -> Optional[dict]:
+    """A codec entry (in the engine's dashed form) for an RTP stream the engine lists no codec of (its receive
+    side lists none with data): from the negotiated description that names the stream's SSRC. Its id is one
+    per direction and payload type, as libwebrtc has one codec object per payload type in use each way."""
+    known = ssrcs.get(item.get("ssrc")) or {}
+    pt, name = known.get("payload_type"), known.get("name")
+    if not isinstance(pt, int) or not name:
+        return None
+    codec = {"id": "codec-%s-%d" % ("outbound" if direction == "encode" else "inbound", pt), "payload-type": pt,
+             "mime-type": "%s/%s" % (known.get("kind") or "video", name), "codec-type": direction}
+    if known.get("clock_rate"):
+        codec["clock-rate"] = known["clock_rate"]
+    if known.get("kind") == "audio" and known.get("channels"):
+        codec["channels"] = known["channels"]
+    if known.get("fmtp"):
+        codec["sdp-fmtp-line"] = known["fmtp"]
+    return codec
+
+
+# Simulcast layer sizes follow libwebrtc's rule; csrc/src/simulcast.c (layer_size) encodes by the same rule
+# and explains it: sizes aligned down to LAYER_ALIGNMENT, scaleResolutionDownBy rounded to nearest (at least
+# 16 pixels), scaleResolutionDownTo by VideoAdapter's crop to the request's aspect and its 3/4 - 2/3 scale
+# search, rounded to a multiple of (denominator x alignment).
+LAYER_ALIGNMENT = 16
+LAYER_MIN_SIZE = 16
+
+
+def _align_down(value: int) -> int:
+    return value // LAYER_ALIGNMENT * LAYER_ALIGNMENT if value >= LAYER_ALIGNMENT else value
+
+
+def _f32(value: float) -> float:
+    """`value` rounded to single precision (the VideoAdapter's aspect arithmetic is in float)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _find_scale(width: int, height: int, target: int) -> Tuple[int, int]:
+    pixels = width * height
+    if target >= pixels:
+        return 1, 1
+    num = den = 1
+    if width % 3 == 0 and height % 3 == 0:
+        num = den = 6
+    if width % 9 == 0 and height % 9 == 0:
+        num = den = 36
+    best, best_diff = (1, 1), None
+    while num * num * pixels // (den * den) > target:
+        if num % 3 == 0 and den % 2 == 0:
+            num, den = num // 3, den // 2
+        else:
+            num, den = num * 3, den * 4
+        out = num * num * pixels // (den * den)
+        if out <= target and (best_diff is None or target - out < best_diff):
+            best, best_diff = (num, den), target - out
+    g = math.gcd(*best)
+    return best[0] // g, best[1] // g
+
+
 def simulcast_layer_size(width: int, height: int, layer: dict) -> Tuple[int, int]:
-    """The frame size the engine encodes a `width`x`height` source at for one planned layer."""
-    scale = max(layer.get("scale") or 1.0, 1.0)
+    """The frame size the engine encodes a `width`x`height` source at for one planned layer (libwebrtc's)."""
+    w, h = _align_down(width), _align_down(height)
     max_width, max_height = layer.get("max_width") or 0, layer.get("max_height") or 0
-    if max_width > 0 or max_height > 0:
-        scale = 1.0
-        if max_width > 0 and width / max_width > scale:
-            scale = width / max_width
-        if max_height > 0 and height / max_height > scale:
-            scale = height / max_height
-    return max(int(width / scale), 1), max(int(height / scale), 1)
+    if max_width <= 0 and max_height <= 0:
+        scale = max(layer.get("scale") or 1.0, 1.0)
+        if scale <= 1.0:
+            return w, h
+        return tuple(_align_down(v if v <= LAYER_MIN_SIZE else max(int(v / scale + 0.5), LAYER_MIN_SIZE))
+                     for v in (w, h))
+    box_w = max_width if max_width > 0 else int(round(max_height * w / h))
+    box_h = max_height if max_height > 0 else int(round(max_width * h / w))
+    box_w, box_h = max(box_w, 1), max(box_h, 1)
+    long_side, short_side = max(box_w, box_h), min(box_w, box_h)
+    aspect = _f32(_f32(long_side) / _f32(short_side)) if w > h else _f32(_f32(short_side) / _f32(long_side))
+    crop_w = min(w, int(_f32(h * aspect)))
+    crop_h = min(h, int(_f32(w / aspect)))
+    num, den = _find_scale(crop_w, crop_h, box_w * box_h)
+
+    def round_up_within(value: int, multiple: int, most: int) -> int:
+        rounded = (value + multiple - 1) // multiple * multiple
+        return rounded if rounded <= most else most // multiple * multiple
+
+    return (round_up_within(crop_w, den * LAYER_ALIGNMENT, w) // den * num,
+            round_up_within(crop_h, den * LAYER_ALIGNMENT, h) // den * num)
 
 
 def _simulcast_fields(entry: dict, layer: dict) -> None:
@@ -282,12 +358,23 @@ def _simulcast_fields(entry: dict, layer: dict) -> None:
 
 def _bandwidth_fields(item: dict, entry: dict) -> None:
     """What the engine's send bandwidth controller says of an outbound stream (csrc/src/bwe.c) replaces the
-    requested values: targetBitrate is the current estimate's share, qualityLimitationReason is "bandwidth"
-    while it limits the stream, frameWidth/frameHeight/framesPerSecond are what is encoded."""
-    if isinstance(item.get("sora-target-bitrate"), int):
+    requested values: targetBitrate is the encoder's target as libwebrtc defines it (the current estimate's
+    share less the packet overhead, so below the cap), qualityLimitationReason is "bandwidth" while it limits
+    the stream, qualityLimitationDurations the seconds spent in each reason (this engine knows no "cpu" or
+    "other" limit: 0), qualityLimitationResolutionChanges how often the adaptation changed the picture size,
+    frameWidth/frameHeight/framesPerSecond what is encoded."""
+    if isinstance(item.get("sora-media-target-bitrate"), int):
+        entry["targetBitrate"] = item["sora-media-target-bitrate"]
+    elif isinstance(item.get("sora-target-bitrate"), int):
         entry["targetBitrate"] = item["sora-target-bitrate"]
     if isinstance(item.get("sora-quality-limitation"), str):
         entry["qualityLimitationReason"] = item["sora-quality-limitation"]
+    none, bandwidth = item.get("sora-quality-limitation-none"), item.get("sora-quality-limitation-bandwidth")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (none, bandwidth)):
+        entry["qualityLimitationDurations"] = {"other": 0.0, "cpu": 0.0, "bandwidth": round(float(bandwidth), 3),
+                                               "none": round(float(none), 3)}
+    if isinstance(item.get("sora-quality-limitation-resolution-changes"), int):
+        entry["qualityLimitationResolutionChanges"] = item["sora-quality-limitation-resolution-changes"]
     width, height = item.get("sora-frame-width"), item.get("sora-frame-height")
     if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
         entry["frameWidth"], entry["frameHeight"] = width, height

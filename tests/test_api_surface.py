@@ -1,4 +1,4 @@
-"""Our public API against the official SDK's runtime dump (captures/runtime-api-2026.1.0.dev15.txt).
+"""Our public API against the official SDK's runtime dump (tests/data/runtime-api-2026.1.0.dev15.txt).
 
 Every official class, method and property must exist here, except the ones
 listed in NOT_YET (features tracked in open issues). The list must stay exact:
@@ -14,9 +14,8 @@ import pytest
 
 import sora_sdk
 
-REFERENCE = os.environ.get("SORA_REFERENCE_DIR") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "reference")
-DUMP = os.path.join(REFERENCE, "captures", "runtime-api-2026.1.0.dev15.txt")
+# The official wheel's runtime dump, captured by the team and kept in the repository (tests/data/README.md).
+DUMP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "runtime-api-2026.1.0.dev15.txt")
 
 # Official names not provided yet (none: every official name exists).
 NOT_YET: set = set()

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Recorder, wait_until
-from tests.media_pump import BAND, H, RATE, TONE, W, Pump
+from tests.media_pump import BAND, H, RATE, TONE, W, AudioPusher, Pump, assert_concealment, measure_concealment
 from tests.official_peer import NetNS, NetNSUnavailable
 
 pytestmark = pytest.mark.timeout(300)
@@ -440,7 +440,8 @@ MEASURE_JS = """(async () => {
   if (window.viewer.connection && window.viewer.connection.pc) {
     (await window.viewer.connection.pc.getStats()).forEach((s) => {
       if (s.type === "inbound-rtp") stats[s.kind] = {framesDecoded: s.framesDecoded, audioLevel: s.audioLevel,
-        totalSamplesReceived: s.totalSamplesReceived, codecId: s.codecId};
+        totalSamplesReceived: s.totalSamplesReceived, concealedSamples: s.concealedSamples,
+        packetsDiscarded: s.packetsDiscarded, packetsLost: s.packetsLost, codecId: s.codecId};
     });
   }
   return {remotes: out, inbound: stats};
@@ -501,6 +502,8 @@ def test_viewer_routes(tmp_path):
         for path in ("viewer/../server.py", "viewer/static/viewer.js", "viewer/x"):
             assert _get(server.api_url + path)[0] == 404, path
         assert _get(server.api_url)[0] == 405  # the REST API is unchanged
+        status, _, body = _get(server.api_url + "favicon.ico")  # browsers ask for it: no 405 in their console
+        assert status == 204 and body == b""
     with LocalSora(sora_js_sdk=str(tmp_path / "missing.js")) as server:
         status, headers, body = _get(server.viewer_url + "sora.js")
         assert status == 404 and b"make web" in body and headers["Content-Type"] == viewer.JS
@@ -602,3 +605,90 @@ def test_sendrecv_both_ways(env, ours):
     timing("sendrecv both ways", time.monotonic() - started)
     # the page sees only the other side's stream, not its own
     assert list(page_remotes(env)["remotes"]) == [rec.connection_id]
+
+
+@pytest.mark.parametrize("chunk,pauses", [(480, ()), (960, ()), (4800, ()), (441, ()),
+                                          (960, ((0.3, 0.25), (0.6, 0.5), (0.9, 0.15)))],
+                         ids=["10ms", "20ms", "100ms", "441samples", "20ms-pauses"])
+def test_chromium_conceals_under_one_percent(env, ours, chunk, pauses):
+    """Our Opus as Chromium's NetEq plays it: under 1 % of the samples concealed, whatever the push size.
+
+    (Issue 11: with RTP timestamps taken from the wall clock of each push, Chromium concealed 33-38 %.)
+    The measured window starts after the pauses (the receiver conceals while nothing arrives)."""
+    channel = "viewer-audio-timing-%d-%d" % (chunk, len(pauses))
+    sora, cleanup = ours
+    video, audio = sora.create_video_source(), sora.create_audio_source(1, RATE)
+    conn = sora.create_connection(signaling_urls=[env.server.signaling_url], role="sendonly", channel_id=channel,
+                                  video_source=video, audio_source=audio, video_codec_type="VP8", video_bit_rate=300)
+    rec = Recorder(conn)
+    cleanup.append(conn.disconnect)
+    conn.connect()
+    assert rec.connected.wait(15), rec.events
+    pump = Pump(video, None, OUR_COLOURS)  # (the page plays a stream with a picture)
+    cleanup.append(pump.stop)
+    env.open_viewer(channel, "recvonly")
+    pusher = AudioPusher(audio, chunk, pauses)
+    cleanup.append(pusher.stop)
+
+    def inbound() -> Dict[str, Any]:
+        return page_remotes(env)["inbound"].get("audio") or {}
+
+    def read():
+        stats = inbound()
+        return stats["totalSamplesReceived"], stats["concealedSamples"]
+
+    assert wait_until(lambda: (inbound().get("totalSamplesReceived") or 0) > 0, 15, 0.25), env.chromium.tail()
+    time.sleep(1.5 + sum(p for _, p in pauses))
+    result = measure_concealment(read, pusher)
+    pusher.stop()
+    print("[audio timing] Chromium receiver, %s: %s" % (channel, result))
+    assert_concealment(result)
+
+
+DATACHANNEL_JS = """(async () => {
+  const {default: Sora} = await import(%(bundle)s);
+  const state = {labels: [], switched: false, error: null};
+  window.dcTest = state;
+  const conn = Sora.connection([%(url)s]).recvonly(%(channel)s, null, {dataChannelSignaling: true,
+    dataChannels: [{label: "#alpha", direction: "sendrecv"}, {label: "#beta", direction: "recvonly"}]});
+  state.conn = conn;
+  conn.on("datachannel", (event) => state.labels.push(event.datachannel.label));
+  conn.on("switched", () => { state.switched = true; });
+  try { await conn.connect(); } catch (e) { state.error = String(e); }
+  return true;
+})()"""
+
+
+def test_sora_js_sdk_datachannel_event_fires_for_each_label(env, caplog):
+    """sora-js-sdk announces the data channels it has at `switched` (its `datachannel` event): the server sends
+    `switched` only once the page has every channel the server opened (their DCEP ACKs came back). When the
+    server sent it as soon as it had sent DCEP OPEN, the event never fired (10 of 10 runs, issue 11).
+    And the page's normal disconnects log nothing at WARNING on the server (its SCTP encoder's failed writes
+    after the page has gone were logged as engine errors)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="sora_sdk")
+    env.chromium.navigate(env.server.viewer_url)
+    assert wait_until(lambda: env.chromium.evaluate("window.viewer ? viewer.state : ''") == "idle", 15, 0.1)
+    try:
+        for run in range(3):
+            channel = "viewer-datachannels-%d" % run
+            env.chromium.evaluate(DATACHANNEL_JS % {"bundle": json.dumps(env.server.viewer_url + "sora.js"),
+                                                    "url": json.dumps(env.server.signaling_url),
+                                                    "channel": json.dumps(channel)}, timeout=20)
+            state: Dict[str, Any] = {}
+            assert wait_until(lambda: state.update(env.chromium.evaluate(
+                "({labels: dcTest.labels, switched: dcTest.switched, error: dcTest.error})") or {})
+                or state.get("switched") or state.get("error"), 15, 0.1), (state, env.chromium.tail())
+            assert state["switched"] and not state["error"], state
+            time.sleep(0.2)  # (a late event would still be counted)
+            labels = env.chromium.evaluate("dcTest.labels")
+            print("[datachannel] run %d: %s" % (run, labels))
+            assert {"#alpha", "#beta"} <= set(labels), labels
+            env.chromium.evaluate("dcTest.conn.disconnect().then(() => 1)", timeout=10)
+            assert wait_until(lambda: not env.server.connections(channel), 10), env.server.connections(channel)
+        time.sleep(1.0)  # (the engine's late write errors come after the session has ended)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert not warnings, warnings
+    finally:
+        env.chromium.navigate("about:blank")

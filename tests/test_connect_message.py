@@ -1,6 +1,6 @@
 """Replays the captured ``connect`` messages of the official SDK.
 
-For every scenario of captures/first-messages-by-scenario.json the table
+For every scenario of tests/data/first-messages-by-scenario.json the table
 SCENARIOS below gives the ``create_connection`` keyword arguments that
 produced it (role and channel_id are taken from the capture itself, they are
 just tags of the capture harness).  Our message must equal the captured one
@@ -21,15 +21,10 @@ from sora_sdk.connect_message import (
 )
 from sora_sdk.enums import SoraDegradationPreference
 
-# The reference captures live in shared/ beside the repository (CI lays a copy there too).
-REFERENCE = os.environ.get("SORA_REFERENCE_DIR") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "reference")
-CAPTURES = os.path.join(REFERENCE, "captures")
+# The team's captures of the official wheel, kept in the repository (tests/data/README.md).
+CAPTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 FIRST_MESSAGES = os.path.join(CAPTURES, "first-messages-by-scenario.json")
 EDGE_CASES = os.path.join(CAPTURES, "edge-cases.json")
-
-if not os.path.exists(FIRST_MESSAGES):  # a missing reference is a failure, never a silent skip
-    raise RuntimeError("reference captures not found at %s (set SORA_REFERENCE_DIR)" % CAPTURES)
 
 URL = ["ws://127.0.0.1:5000/signaling"]
 

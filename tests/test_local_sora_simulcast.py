@@ -15,7 +15,8 @@ import sora_sdk
 from tests.conftest import Recorder, wait_until
 
 W, H = 640, 480
-SIZES = {"r0": (W // 4, H // 4), "r1": (W // 2, H // 2), "r2": (W, H)}
+# (each layer's size as libwebrtc encodes it: aligned down to 16, see sora_sdk.stats.simulcast_layer_size)
+SIZES = {"r0": (160, 112), "r1": (320, 240), "r2": (W, H)}
 FPS = 15
 BIT_RATE = 600  # kbps, shared by the layers
 WAIT = 20.0

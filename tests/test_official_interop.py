@@ -488,7 +488,7 @@ SCENARIOS = {
 
 
 # The first message of the official 2025.4.0 wheel in these scenarios, as the team captured it
-# (shared/reference/captures/first-messages-by-scenario.json; checked against that file below when present).
+# (tests/data/first-messages-by-scenario.json; checked against that file below).
 _LIBWEBRTC = "Shiguredo-Build M139.7258@{#3} (139.7258.3.0 23d8e44f)"
 _HEAD = {"type": "connect", "role": "sendonly"}
 _CLIENT = {"sora_client": "Sora Python SDK 2025.4.0", "libwebrtc": _LIBWEBRTC,
@@ -517,9 +517,7 @@ CAPTURED = {
                                     "max_packet_life_time": 100, "max_retransmits": 3, "protocol": "abc",
                                     "compress": True, "header": [{"type": "sender_connection_id"}]}]),
 }
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAPTURE_FILES = [os.path.join(base, "shared", "reference", "captures", "first-messages-by-scenario.json")
-                 for base in (_ROOT, os.path.dirname(_ROOT))]
+CAPTURE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "first-messages-by-scenario.json")
 
 
 def _environment() -> str:
@@ -563,11 +561,8 @@ def test_official_connect_message_matches_capture(env, scenario):
 
 
 def test_captured_messages_are_the_reference():
-    """The expected messages above are the team's captures of the real wheel (when shared/ is here)."""
-    path = next((p for p in CAPTURE_FILES if os.path.exists(p)), None)
-    if path is None:
-        pytest.skip("shared/reference/captures is not next to this checkout")
-    with open(path) as f:
+    """The expected messages above are the team's captures of the real wheel (tests/data)."""
+    with open(CAPTURE_FILE) as f:
         captures = json.load(f)
     for scenario, message in CAPTURED.items():
         assert captures[scenario][official_peer.OFFICIAL_VERSION]["first_message"] == message, scenario

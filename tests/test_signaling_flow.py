@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("hang_guard")
 DISCONNECT = '{"type":"disconnect","reason":"NO-ERROR"}'
 WS_CLOSE_OK = "Succeeded to close WebSocket (DC signaling is not enabled)"
 WS_CLOSE_TIMEOUT = "Failed to close WebSocket: ec=Operation canceled wscode=0 wsreason="
-ALREADY = "Already disconnected. Please create another Sora instance to establish a new connection."
+ALREADY = "Already disconnected. Please create a new connection with Sora.create_connection() to connect again."
 
 
 def connect_text(sora, conn, redirect=False):

@@ -22,6 +22,23 @@
  *    callback of a handle runs after that handle's on_destroy.
  *  - Every call may block briefly; none of them needs the caller to hold any
  *    lock, and none calls back into the caller synchronously.
+ *
+ * Ownership (what keeps what alive):
+ *  - The context owns its peers, sources and transforms: sora_context_destroy
+ *    destroys those still alive (each gets its on_destroy) and their handles
+ *    must not be used afterwards. Sinks are the exception: a sink stays its
+ *    owner's to destroy, before or after the context; it keeps the part of
+ *    the context it needs alive by itself, and a sink destroyed after the
+ *    context gets its on_destroy on the destroying thread or on its own.
+ *  - Memory goes with the last reference, never while a thread can reach it:
+ *    the context's once no sink or handle needs it, a sink's once its thread
+ *    has left its last callback, a peer's once no sink or forward refers to it.
+ *  - Any function may be called from inside any callback, with one exception:
+ *    sora_context_destroy from that context's own dispatcher thread (it
+ *    returns SORA_ERR_INVALID_STATE). sora_sink_destroy inside the sink's own
+ *    frame callback returns at once; from another thread it waits at most
+ *    5 s for a callback in progress to return (a callback that blocks longer
+ *    is left to finish, and on_destroy waits for it).
  */
 #ifndef SORA_C_H
 #define SORA_C_H
@@ -41,7 +58,7 @@ extern "C" {
 
 /* ABI version: major changes break callers, minor changes only add. */
 #define SORA_C_ABI_MAJOR 1
-#define SORA_C_ABI_MINOR 3
+#define SORA_C_ABI_MINOR 4
 
 /* ---- error codes ------------------------------------------------------ */
 #define SORA_OK 0
@@ -75,10 +92,12 @@ extern "C" {
 #define SORA_EVENT_ICE_CONNECTION_STATE 4 /* str0: new | checking | connected | completed | failed | disconnected | closed */
 #define SORA_EVENT_CONNECTION_STATE 5     /* str0: new | connecting | connected | disconnected | failed | closed */
 #define SORA_EVENT_TRACK 6                /* i0: track id, str0: kind, str1: mid, str2: msid stream id, i1: m-line */
-#define SORA_EVENT_DATA_CHANNEL_OPEN 7    /* i0: channel id, str0: label, i1: 1 if opened by the remote side */
+#define SORA_EVENT_DATA_CHANNEL_OPEN 7    /* i0: channel id, str0: label, i1: 1 if opened by the remote side
+                                             (one opened here: once the remote side acknowledged it, DCEP ACK) */
 #define SORA_EVENT_DATA_CHANNEL_MESSAGE 8 /* i0: channel id, str0: label, data/size: payload, i1: 1 binary, 0 text */
 #define SORA_EVENT_DATA_CHANNEL_CLOSE 9   /* i0: channel id, str0: label */
-#define SORA_EVENT_ERROR 10               /* str0: engine error message, str1: element name */
+#define SORA_EVENT_ERROR 10               /* str0: engine error message, str1: element name,
+                                             i0: 1 + the m-line of the send branch that failed, or 0 */
 #define SORA_EVENT_RTP_PACKET 11          /* reserved */
 #define SORA_EVENT_VIDEO_FRAME 12         /* sink thread: data/size: pixels, i0: width, i1: height, i2: pts us, ref: frame */
 #define SORA_EVENT_AUDIO_FRAME 13         /* sink thread: data/size: interleaved int16, i0: rate, i1: channels, i2: pts us, ref */
@@ -200,7 +219,7 @@ SORA_C_API int sora_context_create(const sora_callbacks *callbacks, sora_context
 SORA_C_API int sora_context_post(sora_context *ctx, int64_t token);
 /* 1 if the calling thread is this context's dispatcher thread, else 0. */
 SORA_C_API int sora_context_is_dispatcher_thread(sora_context *ctx);
-/* Destroy peers and sources still alive, drain events, stop the dispatcher, free the context. */
+/* Destroy peers, sources and transforms still alive, deliver queued events, stop and join the dispatcher. */
 SORA_C_API int sora_context_destroy(sora_context *ctx);
 
 /* ---- peer connection --------------------------------------------------- */
@@ -237,6 +256,8 @@ SORA_C_API int sora_peer_create_data_channel(sora_peer *peer, const char *label,
 /* Send one message on an open data channel; `binary` 1 sends binary, 0 sends UTF-8 text. */
 SORA_C_API int sora_peer_send_data(sora_peer *peer, int32_t channel_id, const uint8_t *data, size_t size,
                                    int32_t binary);
+/* Bytes queued on data channel `channel_id` and not yet handed to SCTP (*out), as RTCDataChannel.bufferedAmount. */
+SORA_C_API int sora_peer_data_channel_buffered_amount(sora_peer *peer, int32_t channel_id, uint64_t *out);
 /* Close a data channel. */
 SORA_C_API int sora_peer_close_data_channel(sora_peer *peer, int32_t channel_id);
 /* Number of data channels of this peer that are open now. */
@@ -263,7 +284,7 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
                                 const sora_callbacks *callbacks, sora_sink **out);
 /* Number of frames this sink dropped because its queue was full. */
 SORA_C_API int64_t sora_sink_dropped(sora_sink *sink);
-/* Stop and release a sink; on_destroy follows on the context's dispatcher thread. */
+/* Stop a sink: no frame callback starts after this returns; on_destroy follows once its thread left the last one. */
 SORA_C_API int sora_sink_destroy(sora_sink *sink);
 /* Ask the remote sender of track `track_id` (from SORA_EVENT_TRACK) for a key frame (RTCP PLI). */
 SORA_C_API int sora_peer_request_remote_key_frame(sora_peer *peer, int64_t track_id);

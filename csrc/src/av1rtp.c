@@ -324,7 +324,28 @@ typedef struct {
   gint requested; /* atomic */
   gboolean restore;
   gint max_dist;
+  gint settle; /* frames since the encoder was re-created (new caps) that still must not see a reconfiguration */
 } av1enc_key_requests;
+
+/* On new caps av1enc re-creates its libaom encoder (on top of the old one), and libaom crashed in
+ * aom_codec_encode when the configuration was changed (aom_codec_enc_config_set) on the frames right after
+ * that: a storm of size changes with a key-frame request each crashed 7 of 9 runs. So a pending restore is
+ * done before the re-creation, a pending request is dropped (a new encoder starts with a key frame), and no
+ * request changes the configuration in the next frames. */
+#define AV1_SETTLE_FRAMES 3
+
+static GstPadProbeReturn av1enc_new_caps(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+  av1enc_key_requests *kr = data;
+  GstEvent *event = GST_PAD_PROBE_INFO_EVENT(info);
+  if (!event || GST_EVENT_TYPE(event) != GST_EVENT_CAPS) return GST_PAD_PROBE_OK;
+  GstObject *enc = gst_pad_get_parent(pad);
+  if (enc && kr->restore) g_object_set(enc, "keyframe-max-dist", kr->max_dist, NULL); /* the old encoder */
+  if (enc) gst_object_unref(enc);
+  kr->restore = FALSE;
+  g_atomic_int_set(&kr->requested, 0);
+  kr->settle = AV1_SETTLE_FRAMES;
+  return GST_PAD_PROBE_OK;
+}
 
 static GstPadProbeReturn av1enc_key_request_seen(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
   (void)pad;
@@ -340,7 +361,9 @@ static GstPadProbeReturn av1enc_before_frame(GstPad *pad, GstPadProbeInfo *info,
   av1enc_key_requests *kr = data;
   GstObject *enc = gst_pad_get_parent(pad);
   if (!enc) return GST_PAD_PROBE_OK;
-  if (kr->restore) {
+  if (kr->settle > 0) {
+    kr->settle--;
+  } else if (kr->restore) {
     kr->restore = FALSE;
     g_object_set(enc, "keyframe-max-dist", kr->max_dist, NULL);
   } else if (g_atomic_int_compare_and_exchange(&kr->requested, 1, 0)) {
@@ -366,6 +389,7 @@ static void pay_sink_linked(GstPad *pad, GstPad *peer, gpointer unused) {
     gst_pad_add_probe(peer, GST_PAD_PROBE_TYPE_EVENT_UPSTREAM, av1enc_key_request_seen, kr, NULL);
     if (sinkpad) {
       gst_pad_add_probe(sinkpad, GST_PAD_PROBE_TYPE_BUFFER, av1enc_before_frame, kr, NULL);
+      gst_pad_add_probe(sinkpad, GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, av1enc_new_caps, kr, NULL);
       gst_object_unref(sinkpad);
     }
   }

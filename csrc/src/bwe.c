@@ -69,6 +69,11 @@ typedef struct {
   const char *prop;          /* the encoder's bitrate property */
   guint unit;                /* 1: the property counts bit/s, 1000: kbit/s */
   gboolean openh264;
+  /* av1enc reconfigures libaom from set_property without holding off its encode call (GStreamer 1.22): a rate
+   * set from the controller's thread raced aom_codec_encode on the streaming thread and crashed libaom under
+   * size changes. Its rate is handed to the streaming thread instead, applied before the next frame. */
+  gboolean rate_on_stream;
+  guint pending_bps; /* (lock) 0: none */
   /* x264enc adds a frame of delay when its caps say "variable frame rate" (0/1, as our sources do), so its
    * caps carry a nominal rate instead: the rate measured at its input, updated when it moves by > 15 %. */
   gboolean cfr;
@@ -88,6 +93,11 @@ typedef struct {
   gint64 in_frames, out_frames;
   gint64 encoded, key_encoded; /* frames out of the encoder, key frames among them */
   gboolean suspended;
+  /* quality limitation (lock): seconds spent limited by bandwidth or not, since the first tick, and the number
+   * of encoded-size changes the adaptation made (qualityLimitationDurations / ...ResolutionChanges) */
+  double ql_none_s, ql_bandwidth_s;
+  gint64 ql_time;
+  gint ql_scale_level, ql_resolution_changes;
   /* controller only (bwe thread / get-stats under bwe->lock) */
   guint target_bps, applied_bps;
   gint fps_level;
@@ -413,6 +423,8 @@ static GstCaps *caps_with_rate(const GstCaps *caps, gint fps) {
 }
 
 /* The encoder's input: the encoded size and frame count; x264enc's nominal frame rate (see cfr). */
+static void set_bitrate(bwe_stream *s, guint bps);
+
 static GstPadProbeReturn on_encoder_input(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
   bwe_stream *s = data;
   if (info->type & GST_PAD_PROBE_TYPE_BUFFER) {
@@ -421,7 +433,10 @@ static GstPadProbeReturn on_encoder_input(GstPad *pad, GstPadProbeInfo *info, gp
     s->out_frames++;
     if (s->cfr_pending && s->cfr_caps) update = caps_with_rate(s->cfr_caps, s->cfr_fps);
     s->cfr_pending = FALSE;
+    guint bps = s->pending_bps;
+    s->pending_bps = 0;
     g_mutex_unlock(&s->lock);
+    if (bps) set_bitrate(s, bps); /* (the streaming thread: the encoder is between frames) */
     if (update) {
       /* a streaming-thread event, in order before this frame (the pad's stream lock is recursive) */
       gst_pad_send_event(pad, gst_event_new_caps(update));
@@ -532,6 +547,7 @@ static void encoder_kind(bwe_stream *s) {
     s->unit = 1;
   } else if (!strcmp(name, "av1enc")) {
     s->prop = "target-bitrate";
+    s->rate_on_stream = TRUE;
   } else if (!strcmp(name, "openh264enc")) {
     s->unit = 1;
     s->openh264 = TRUE;
@@ -543,11 +559,61 @@ static void encoder_kind(bwe_stream *s) {
   }
 }
 
-static void apply_bitrate(bwe_stream *s, guint bps) {
-  if (!s->prop) return;
+/* The encoder's share of a stream's allocation, as libwebrtc computes it with send-side BWE "with overhead"
+ * (RtpVideoSender::CalculateOverheadRate): the allocation less the per-packet overhead of the packets that
+ * carry it, packets = ceil(frame size / packet size) per frame at the stream's frame rate. So the encoder
+ * target (stats' targetBitrate) stays below the allocation and the cap, and media plus headers fit in it.
+ * Per packet: IPv4 20 + UDP 8 + SRTP tag 10 + RTP 12 + extensions 8 (transport-wide sequence number; a
+ * simulcast layer also carries mid and rid: 8 more); packets of at most 1200 bytes. */
+#define OVERHEAD_PACKET_BYTES 1200u
+static guint media_target(const bwe_stream *s, guint allocation) {
+  double fps = s->out_fps > 1.0 ? s->out_fps : 30.0;
+  guint per_packet = 20 + 8 + 10 + 12 + 8 + (s->group ? 8 : 0);
+  double frame_bytes = allocation / 8.0 / fps;
+  double packets_per_frame = ceil(frame_bytes / OVERHEAD_PACKET_BYTES);
+  double overhead = ceil(packets_per_frame * fps) * per_packet * 8.0;
+  if (overhead > allocation / 2.0) overhead = allocation / 2.0;
+  return (guint)(allocation - overhead);
+}
+
+/* (s->lock held) The stream's quality limitation now: "bandwidth" while the controller holds it below what
+ * it asks for (smaller picture, lower frame rate, paused, or a target under 95 % of its cap). */
+static gboolean stream_limited(const bwe_stream *s) {
+  return s->scale_level > 0 || s->fps_level > 0 || s->suspended || s->target_bps < s->max_bps * 0.95;
+}
+
+/* (controller, every tick) Account the time since the last tick to the limitation of the stream now, and
+ * count a change of the adapted picture size. */
+static void account_quality_limitation(bwe_stream *s, gint64 now) {
+  g_mutex_lock(&s->lock);
+  if (s->ql_time) {
+    double secs = (now - s->ql_time) / 1e6;
+    if (stream_limited(s))
+      s->ql_bandwidth_s += secs;
+    else
+      s->ql_none_s += secs;
+  }
+  if (s->ql_time && s->scale_level != s->ql_scale_level) s->ql_resolution_changes++;
+  s->ql_scale_level = s->scale_level;
+  s->ql_time = now;
+  g_mutex_unlock(&s->lock);
+}
+
+static void set_bitrate(bwe_stream *s, guint bps) {
   guint64 value = s->unit == 1 ? bps : MAX((bps + 500) / 1000, 1u);
   set_uint_prop(G_OBJECT(s->encoder), s->prop, value);
   if (s->openh264) set_uint_prop(G_OBJECT(s->encoder), "max-bitrate", (guint64)bps * 3 / 2);
+}
+
+static void apply_bitrate(bwe_stream *s, guint bps) {
+  if (!s->prop) return;
+  if (s->rate_on_stream) {
+    g_mutex_lock(&s->lock);
+    s->pending_bps = bps;
+    g_mutex_unlock(&s->lock);
+    return;
+  }
+  set_bitrate(s, bps);
 }
 
 static void force_key_frame(GstElement *encoder) {
@@ -967,7 +1033,7 @@ static void tick(sora_bwe *bwe) {
       s->fps_out = out;
       follow_frame_rate(s);
     }
-    guint target = s->target_bps ? s->target_bps : MIN(LAYER_MIN_BPS, s->max_bps);
+    guint target = media_target(s, s->target_bps ? s->target_bps : MIN(LAYER_MIN_BPS, s->max_bps));
     guint applied = s->applied_bps;
     gboolean move = target != applied && (target >= s->max_bps || target <= MIN(MIN_BPS, s->max_bps) ||
                                           fabs((double)target - applied) > applied * 0.03);
@@ -976,6 +1042,7 @@ static void tick(sora_bwe *bwe) {
       s->applied_bps = target;
     }
     adapt_stream(bwe, s, preference, now);
+    account_quality_limitation(s, now);
   }
   g_ptr_array_unref(streams);
 }
@@ -1043,9 +1110,15 @@ static GstStructure *extend_outbound(const GstStructure *entry, guint ssrc, gpoi
   gint w = s->enc_w, h = s->enc_h, scale_level = s->scale_level, fps_level = s->fps_level;
   gint64 encoded = s->encoded, key_encoded = s->key_encoded;
   gboolean suspended = s->suspended;
+  gboolean limited = stream_limited(s);
+  double ql_none = s->ql_none_s, ql_bandwidth = s->ql_bandwidth_s;
+  gint ql_changes = s->ql_resolution_changes;
   g_mutex_unlock(&s->lock);
-  gboolean limited = scale_level > 0 || fps_level > 0 || suspended || s->target_bps < s->max_bps * 0.95;
   guint64 enc = s->prop ? get_uint_prop(G_OBJECT(s->encoder), s->prop) * s->unit : 0;
+  gst_structure_set(copy, "sora-media-target-bitrate", G_TYPE_UINT, media_target(s, s->target_bps),
+                    "sora-quality-limitation-none", G_TYPE_DOUBLE, ql_none, "sora-quality-limitation-bandwidth",
+                    G_TYPE_DOUBLE, ql_bandwidth, "sora-quality-limitation-resolution-changes", G_TYPE_INT, ql_changes,
+                    NULL);
   gst_structure_set(copy, "sora-target-bitrate", G_TYPE_UINT, s->target_bps, "sora-max-bitrate", G_TYPE_UINT,
                     s->max_bps, "sora-encoder-bitrate", G_TYPE_UINT64, enc, "sora-quality-limitation",
                     G_TYPE_STRING, limited ? "bandwidth" : "none", "sora-scale-level", G_TYPE_INT, scale_level,

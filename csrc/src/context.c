@@ -21,11 +21,38 @@ static void item_free(queue_item *item) {
   g_free(item);
 }
 
+/* ---- the context's memory ------------------------------------------------------------------------------
+ * The owner holds one reference and every handle made from the context one more, released after the handle's
+ * on_destroy and free. sora_context_destroy stops the dispatcher and drops the owner's reference; a sink that
+ * outlives it (its owner destroys it later, its thread may still be inside a frame callback) still finds the
+ * lock and queue it needs, and the memory goes with the last reference. */
+sora_context *sora_context_ref(sora_context *ctx) {
+  g_atomic_int_inc(&ctx->refs);
+  return ctx;
+}
+
+void sora_context_unref(sora_context *ctx) {
+  if (!g_atomic_int_dec_and_test(&ctx->refs)) return;
+  g_async_queue_unref(ctx->queue);
+  g_mutex_clear(&ctx->lock);
+  g_mutex_clear(&ctx->media_lock);
+  g_free(ctx);
+}
+
 void sora_handle_init(sora_handle_base *base, sora_context *ctx, const sora_callbacks *cb, sora_free_fn free_fn) {
-  base->ctx = ctx;
+  base->ctx = base == &ctx->base ? ctx : sora_context_ref(ctx);
   if (cb) base->callbacks = *cb;
   base->free_fn = free_fn;
   base->destroy_queued = FALSE;
+}
+
+/* on_destroy, then the handle's memory, then its reference on the context. */
+static void run_destroy(sora_handle_base *target) {
+  sora_context *ctx = target->ctx;
+  gboolean is_context = target == &ctx->base;
+  if (target->callbacks.on_destroy) target->callbacks.on_destroy(target->callbacks.user_data);
+  if (target->free_fn) target->free_fn(target);
+  if (!is_context) sora_context_unref(ctx);
 }
 
 void sora_queue_event(sora_handle_base *target, const sora_event *event) {
@@ -39,7 +66,7 @@ void sora_queue_event(sora_handle_base *target, const sora_event *event) {
   item->event.str2 = g_strdup(event->str2);
   item->event.data = event->size ? g_memdup2(event->data, event->size) : NULL;
   g_mutex_lock(&ctx->lock);
-  gboolean dropped = target->destroy_queued;
+  gboolean dropped = target->destroy_queued || ctx->stopped;
   if (!dropped) g_async_queue_push(ctx->queue, item);
   g_mutex_unlock(&ctx->lock);
   if (dropped) item_free(item);
@@ -53,9 +80,12 @@ void sora_queue_destroy(sora_handle_base *target) {
   g_mutex_lock(&ctx->lock);
   gboolean already = target->destroy_queued;
   target->destroy_queued = TRUE;
-  if (!already) g_async_queue_push(ctx->queue, item);
+  /* Once the dispatcher has stopped, a handle destroyed later gets its on_destroy on the destroying thread. */
+  gboolean now = !already && ctx->stopped;
+  if (!already && !now) g_async_queue_push(ctx->queue, item);
   g_mutex_unlock(&ctx->lock);
-  if (already) g_free(item);
+  if (already || now) g_free(item);
+  if (now) run_destroy(target);
 }
 
 static gpointer dispatcher_main(gpointer data) {
@@ -70,8 +100,7 @@ static gpointer dispatcher_main(gpointer data) {
     if (item->kind == ITEM_EVENT) {
       if (target->callbacks.on_event) target->callbacks.on_event(target->callbacks.user_data, &item->event);
     } else {
-      if (target->callbacks.on_destroy) target->callbacks.on_destroy(target->callbacks.user_data);
-      if (target->free_fn) target->free_fn(target);
+      run_destroy(target);
     }
     item_free(item);
   }
@@ -123,6 +152,7 @@ SORA_C_API int sora_context_create(const sora_callbacks *callbacks, sora_context
     return sora_fail(SORA_ERR_ENGINE, "GStreamer element 'webrtcbin' is missing (install gstreamer1.0-plugins-bad and gstreamer1.0-nice)");
   gst_object_unref(webrtc);
   sora_context *ctx = g_new0(sora_context, 1);
+  ctx->refs = 1;
   sora_handle_init(&ctx->base, ctx, callbacks, NULL);
   g_mutex_init(&ctx->lock);
   g_mutex_init(&ctx->media_lock);
@@ -167,14 +197,12 @@ SORA_C_API int sora_context_destroy(sora_context *ctx) {
   sora_queue_destroy(&ctx->base);
   queue_item *stop = g_new0(queue_item, 1);
   stop->kind = ITEM_STOP;
+  g_mutex_lock(&ctx->lock);
+  ctx->stopped = TRUE; /* STOP is the last item: later events are dropped, later destroys run inline */
   g_async_queue_push(ctx->queue, stop);
+  g_mutex_unlock(&ctx->lock);
   g_thread_join(ctx->thread);
-  /* Nothing can be queued any more: every handle's destroy was queued before STOP. */
-  queue_item *left;
-  while ((left = g_async_queue_try_pop(ctx->queue))) item_free(left);
-  g_async_queue_unref(ctx->queue);
-  g_mutex_clear(&ctx->lock);
-  g_mutex_clear(&ctx->media_lock);
-  g_free(ctx);
+  ctx->thread = NULL;
+  sora_context_unref(ctx); /* the owner's reference; sinks still alive hold theirs */
   return SORA_OK;
 }

@@ -31,15 +31,19 @@ static gint encoder_threads(threads_rule rule, gint64 pixels, guint cores) {
   return 1;
 }
 
-static GstPadProbeReturn on_encoder_caps(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+/* The frame size of a caps event seen by a pad probe; FALSE for anything else. */
+static gboolean probe_caps_size(GstPadProbeInfo *info, gint *w, gint *h) {
   GstEvent *event = GST_PAD_PROBE_INFO_EVENT(info);
-  if (!event || GST_EVENT_TYPE(event) != GST_EVENT_CAPS) return GST_PAD_PROBE_OK;
+  if (!event || GST_EVENT_TYPE(event) != GST_EVENT_CAPS) return FALSE;
   GstCaps *caps = NULL;
   gst_event_parse_caps(event, &caps);
-  gint w = 0, h = 0;
   const GstStructure *st = caps && gst_caps_get_size(caps) ? gst_caps_get_structure(caps, 0) : NULL;
-  if (!st || !gst_structure_get_int(st, "width", &w) || !gst_structure_get_int(st, "height", &h))
-    return GST_PAD_PROBE_OK;
+  return st && gst_structure_get_int(st, "width", w) && gst_structure_get_int(st, "height", h) && *w > 0 && *h > 0;
+}
+
+static GstPadProbeReturn on_encoder_caps(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+  gint w = 0, h = 0;
+  if (!probe_caps_size(info, &w, &h)) return GST_PAD_PROBE_OK;
   threads_rule rule = (threads_rule)GPOINTER_TO_INT(data);
   gint threads = encoder_threads(rule, (gint64)w * h, g_get_num_processors());
   GstElement *enc = gst_pad_get_parent_element(pad);
@@ -66,6 +70,107 @@ static GstElement *caps_filter(const char *caps_text, GString *missing) {
     gst_caps_unref(caps);
   }
   return filter;
+}
+
+/* ---- frame sizes: what each encoder takes ----------------------------------------------------------------
+ * Measured with Debian 12's elements: x264enc fails to initialise on an odd width or height; x265enc too, and
+ * below 16x16 (its caps), and on 5000x16 or 16x16384 (a level it cannot meet; from 32 up it can); av1enc's caps
+ * start at 4x4; OpenH264 takes sizes from 16x16 up (odd ones cropped by itself); vp8enc stops at 16383; vp9enc takes anything. Every
+ * frame is fitted to the encoder before it (libwebrtc too crops to an encoder's alignment): an odd side is
+ * cropped by its last row or column, a side under the minimum padded (centred, black), one over the maximum
+ * cropped. */
+typedef struct {
+  gint align, min, max;
+} size_rule;
+
+static size_rule encoder_size_rule(const char *codec, const char *element) {
+  size_rule r = {1, 1, G_MAXINT};
+  if (g_ascii_strcasecmp(codec, "VP8") == 0) {
+    r.max = 16383;
+  } else if (g_ascii_strcasecmp(codec, "AV1") == 0) {
+    r.min = 4;
+  } else if (g_ascii_strcasecmp(codec, "H265") == 0) {
+    r.align = 2;
+    r.min = 32;
+  } else if (g_ascii_strcasecmp(codec, "H264") == 0) {
+    if (g_strcmp0(element, "openh264enc") == 0) {
+      r.align = 2; /* (it takes odd sides, and crops them itself) */
+      r.min = 16;
+    } else {
+      r.align = 2;
+      r.min = element && g_strcmp0(element, "x264enc") != 0 ? 16 : 2; /* (other encoders: untested, careful) */
+    }
+  }
+  return r;
+}
+
+static gint fit_side(gint v, const size_rule *r) {
+  if (v > r->max) v = r->max;
+  v -= v % r->align;
+  return v < r->min ? r->min : v;
+}
+
+/* The frame size arriving at the fit stage: its output size follows before videobox negotiates. */
+static GstPadProbeReturn on_fit_caps(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+  gint w = 0, h = 0;
+  if (!probe_caps_size(info, &w, &h)) return GST_PAD_PROBE_OK;
+  const size_rule *r = data;
+  GstElement *box = gst_pad_get_parent_element(pad);
+  GstObject *bin = box ? gst_object_get_parent(GST_OBJECT(box)) : NULL;
+  GstElement *filter = bin ? gst_bin_get_by_name(GST_BIN(bin), "fit") : NULL;
+  if (filter) {
+    GstCaps *size = gst_caps_new_simple("video/x-raw", "width", G_TYPE_INT, fit_side(w, r), "height", G_TYPE_INT,
+                                        fit_side(h, r), NULL);
+    g_object_set(filter, "caps", size, NULL);
+    gst_caps_unref(size);
+    gst_object_unref(filter);
+  }
+  if (bin) gst_object_unref(bin);
+  if (box) gst_object_unref(box);
+  return GST_PAD_PROBE_OK;
+}
+
+/* [capsfilter `format`] ! videobox autocrop ! capsfilter "fit" [! capssetter `rate`] as one bin; NULL if an
+ * element is missing. */
+static GstElement *fit_stage(const char *codec, const char *element, const char *format, const char *rate,
+                             GString *missing) {
+  GstElement *parts[4] = {format ? sora_make("capsfilter", missing) : NULL, sora_make("videobox", missing),
+                          sora_make("capsfilter", missing), rate ? sora_make("capssetter", missing) : NULL};
+  if (!parts[1] || !parts[2] || (format && !parts[0]) || (rate && !parts[3])) {
+    for (guint i = 0; i < G_N_ELEMENTS(parts); i++)
+      if (parts[i]) gst_object_unref(parts[i]);
+    return NULL;
+  }
+  GstElement *box = parts[1], *fit = parts[2];
+  gst_object_set_name(GST_OBJECT(fit), "fit");
+  g_object_set(box, "autocrop", TRUE, NULL);
+  gst_util_set_object_arg(G_OBJECT(box), "fill", "black");
+  const char *texts[4] = {format, NULL, NULL, rate};
+  for (guint i = 0; i < G_N_ELEMENTS(parts); i++) {
+    if (!texts[i]) continue;
+    GstCaps *caps = gst_caps_from_string(texts[i]);
+    g_object_set(parts[i], "caps", caps, NULL);
+    gst_caps_unref(caps);
+  }
+  GstElement *bin = gst_bin_new(NULL), *first = NULL, *last = NULL;
+  for (guint i = 0; i < G_N_ELEMENTS(parts); i++) {
+    if (!parts[i]) continue;
+    gst_bin_add(GST_BIN(bin), parts[i]);
+    if (last) gst_element_link(last, parts[i]);
+    if (!first) first = parts[i];
+    last = parts[i];
+  }
+  GstPad *in = gst_element_get_static_pad(first, "sink"), *out = gst_element_get_static_pad(last, "src");
+  gst_element_add_pad(bin, gst_ghost_pad_new("sink", in));
+  gst_element_add_pad(bin, gst_ghost_pad_new("src", out));
+  gst_object_unref(in);
+  gst_object_unref(out);
+  size_rule *rule = g_new(size_rule, 1);
+  *rule = encoder_size_rule(codec, element);
+  GstPad *box_sink = gst_element_get_static_pad(box, "sink");
+  gst_pad_add_probe(box_sink, GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, on_fit_caps, rule, g_free);
+  gst_object_unref(box_sink);
+  return bin;
 }
 
 int sora_video_encoder_make(const char *codec, const char *element, guint bps, GString *missing, GstElement **raw,
@@ -111,13 +216,15 @@ int sora_video_encoder_make(const char *codec, const char *element, guint bps, G
     if (*enc) {
       gst_util_set_object_arg(G_OBJECT(*enc), "tune", "zerolatency");
       gst_util_set_object_arg(G_OBJECT(*enc), "speed-preset", "ultrafast");
-      g_object_set(*enc, "bitrate", kbps, "key-int-max", 3000, NULL);
+      /* Key frames as IDR pictures with VPS/SPS/PPS in front, as libwebrtc sends them: x265's default open GOP
+       * makes CRA pictures, before which rtph265pay inserts no parameter sets, so a receiver that joins later
+       * (or asks with a PLI) never gets them and decodes nothing. */
+      g_object_set(*enc, "bitrate", kbps, "key-int-max", 3000, "option-string", "open-gop=0:repeat-headers=1", NULL);
     }
     if (*pay) g_object_set(*pay, "config-interval", -1, NULL);
   } else if (g_ascii_strcasecmp(codec, "AV1") == 0) {
     /* libaom realtime; 4:2:0 (profile 0) input. Explicit quantizer bounds: libaom 3.6 aborts
      * (rc_pick_q_and_bounds_no_stats_cbr assertion) with CBR and the element's default range. */
-    *raw = caps_filter("video/x-raw,format=I420", missing);
     *enc = sora_make("av1enc", missing);
     *pay = sora_make("sorartpav1pay", missing);
     if (*enc) {
@@ -131,5 +238,10 @@ int sora_video_encoder_make(const char *codec, const char *element, guint bps, G
   } else {
     return sora_fail(SORA_ERR_UNSUPPORTED, "sending video codec %s is not supported by this engine", codec);
   }
+  /* AV1: 4:2:0 (profile 0) input. x265enc cannot initialise without a frame rate, and frames from the
+   * application come at a variable one (0/1): it gets a nominal 30/1 for its rate control. */
+  gboolean h265 = g_ascii_strcasecmp(codec, "H265") == 0;
+  *raw = fit_stage(codec, element, g_ascii_strcasecmp(codec, "AV1") == 0 ? "video/x-raw,format=I420" : NULL,
+                   h265 ? "video/x-raw,framerate=30/1" : NULL, missing);
   return SORA_OK;
 }

@@ -30,8 +30,9 @@ void sora_set_leaky_queue(GstElement *queue, guint max_buffers, guint max_bytes)
 
 /* ---- video encoders (encoder.c) ---- */
 /* The encoder for `codec` (VP8, VP9, H264, H265, AV1; `element` overrides H.264's x264enc), at `bps`, with what
- * goes before it (`raw`: a raw caps filter, or NULL) and after it (`post`: a caps filter, or NULL), and the RTP
- * payloader. Missing factories are appended to `missing`; an unknown codec is SORA_ERR_UNSUPPORTED. */
+ * goes before it (`raw`: a bin that fits every frame size to what the encoder takes, to go before any element
+ * that negotiates a size) and after it (`post`: a caps
+ * filter, or NULL), and the RTP payloader. Missing factories are appended to `missing`; an unknown codec is SORA_ERR_UNSUPPORTED. */
 int sora_video_encoder_make(const char *codec, const char *element, guint bps, GString *missing, GstElement **raw,
                             GstElement **enc, GstElement **post, GstElement **pay);
 
@@ -65,7 +66,11 @@ struct sora_context {
   GList *audio_sources;
   GList *transforms;
   gboolean stopping;
+  gboolean stopped; /* set under lock when the dispatcher's STOP is queued */
+  gint refs;        /* the owner + one per handle not yet freed (context.c) */
 };
+sora_context *sora_context_ref(sora_context *ctx);
+void sora_context_unref(sora_context *ctx);
 
 /* Queue an event for `target`; strings and data are copied. Dropped silently
  * once the target's destroy has been queued. */
@@ -83,6 +88,9 @@ struct sora_link {
   sora_video_source *video;
   sora_audio_source *audio;
   gint last_width, last_height; /* caps currently set on appsrc */
+  /* Audio: the running time at the last resync and the samples sent since (see sora_audio_source_push). */
+  GstClockTime audio_origin;
+  guint64 audio_samples;
 };
 /* Detach every link of `peer` from its sources (takes ctx->media_lock). */
 void sora_links_detach_peer(sora_context *ctx, GList **links);
@@ -101,6 +109,13 @@ struct sora_child {
 void sora_peer_destroy_all(sora_context *ctx);
 GstElement *sora_peer_pipeline(sora_peer *peer);
 GstElement *sora_peer_webrtc(sora_peer *peer);
+/* Mark the elements of the send branch of `mline`: an engine error from one of them (or from inside one) is
+ * reported with that m-line, and the connection ends instead of sending nothing from then on. */
+void sora_mark_send_branch(GstElement **chain, gint n, gint mline);
+/* Request webrtcbin's send pad for m-line `mline`, with the direction set by sora_peer_set_direction put on its
+ * transceiver (before the request where the engine has one already); *trans_out (optional): that transceiver
+ * (a new reference, may be NULL). Returns the pad (a new reference) or NULL. */
+GstPad *sora_peer_request_send_pad(sora_peer *peer, gint mline, GstCaps *rtp_caps, GstWebRTCRTPTransceiver **trans_out);
 sora_context *sora_peer_context(sora_peer *peer);
 /* Hold the peer open for an operation (shared lock); sora_peer_leave releases it. */
 int sora_peer_enter(sora_peer *peer);

@@ -1,5 +1,6 @@
 /* One peer connection: a pipeline holding a webrtcbin, its send branches and receive sinks. */
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "internal.h"
@@ -20,6 +21,9 @@ typedef struct {
   char *label;
   gboolean open_reported;
   gboolean remote;
+  gboolean await_ack; /* a channel we opened with DCEP: "open" only once the other side has acknowledged it */
+  gboolean acked;     /* the other side's first message on the channel's stream (its DCEP ACK) has arrived */
+  gboolean engine_open; /* the engine reported it open (it does so as soon as it has sent DCEP OPEN) */
 } channel_slot;
 
 struct sora_peer {
@@ -43,6 +47,8 @@ struct sora_peer {
   GHashTable *encoders_by_codec; /* upper-case codec -> element factory name (sora_peer_set_video_encoder) */
   sora_bwe *bwe;                 /* send bandwidth estimation (bwe.c); NULL once closed */
   GHashTable *decoded;           /* SSRC -> sora_decode_stats* (receive.c), under lock */
+  gboolean await_next_ack;       /* the channel being registered was opened here with DCEP (under lock) */
+  GHashTable *send_directions;   /* m-line -> GstWebRTCRTPTransceiverDirection + 1 (sora_peer_set_direction), under lock */
 };
 
 GstElement *sora_peer_pipeline(sora_peer *peer) { return peer->pipeline; }
@@ -186,9 +192,29 @@ static const char *enum_nick(GType type, gint value) {
 
 static void emit(sora_peer *peer, const sora_event *ev) { sora_queue_event(&peer->base, ev); }
 
-static void emit_error(sora_peer *peer, const char *message, const char *element) {
-  sora_event ev = {.type = SORA_EVENT_ERROR, .str0 = message, .str1 = element};
+/* i0: 0, or 1 + the m-line of the send branch the failing element belongs to (sora_mark_send_branch). */
+static void emit_error(sora_peer *peer, const char *message, const char *element, gint send_mline) {
+  sora_event ev = {.type = SORA_EVENT_ERROR, .str0 = message, .str1 = element, .i0 = send_mline + 1};
   emit(peer, &ev);
+}
+
+#define SEND_MLINE_KEY "sora-send-mline"
+
+void sora_mark_send_branch(GstElement **chain, gint n, gint mline) {
+  for (gint i = 0; i < n; i++)
+    if (chain[i]) g_object_set_data(G_OBJECT(chain[i]), SEND_MLINE_KEY, GINT_TO_POINTER(mline + 1));
+}
+
+/* The m-line of the send branch that holds `object` (it or a bin above it), or -1. */
+static gint send_branch_of(GstObject *object) {
+  for (GstObject *o = object ? gst_object_ref(object) : NULL; o;) {
+    gpointer mark = g_object_get_data(G_OBJECT(o), SEND_MLINE_KEY);
+    GstObject *parent = mark ? NULL : gst_object_get_parent(o);
+    gst_object_unref(o);
+    if (mark) return GPOINTER_TO_INT(mark) - 1;
+    o = parent;
+  }
+  return -1;
 }
 
 /* True when two IPv4 addresses share their first three octets (a test network namespace's /24). */
@@ -330,9 +356,57 @@ typedef struct {
   gint id;
 } channel_ref;
 
+/* webrtcbin reports a channel it opened as open once it has sent DCEP OPEN, before the other side has the
+ * channel (a server that then sends `switched` is ahead of the client's ondatachannel, issue 11). Such a
+ * channel is reported open when the other side's DCEP ACK has arrived: the first message on its stream. */
 static void on_channel_open(GstWebRTCDataChannel *ch, channel_ref *ref) {
   (void)ch;
-  channel_emit(ref->peer, ref->id, SORA_EVENT_DATA_CHANNEL_OPEN, NULL, 0, 0);
+  sora_peer *peer = ref->peer;
+  g_mutex_lock(&peer->lock);
+  channel_slot *slot = (guint)ref->id < peer->channels->len ? g_ptr_array_index(peer->channels, ref->id) : NULL;
+  gboolean wait = slot && slot->await_ack && !slot->acked;
+  if (slot) slot->engine_open = TRUE;
+  g_mutex_unlock(&peer->lock);
+  if (!wait) channel_emit(peer, ref->id, SORA_EVENT_DATA_CHANNEL_OPEN, NULL, 0, 0);
+}
+
+/* A message arrived on SCTP stream `stream` (sctpdec's src pad of that stream). */
+static GstPadProbeReturn on_sctp_stream_data(GstPad *pad, GstPadProbeInfo *info, gpointer data) {
+  (void)info;
+  sora_peer *peer = data;
+  guint stream = 0;
+  if (sscanf(GST_PAD_NAME(pad), "src_%u", &stream) != 1) return GST_PAD_PROBE_REMOVE;
+  GArray *ready = g_array_new(FALSE, FALSE, sizeof(gint));
+  g_mutex_lock(&peer->lock);
+  for (guint i = 0; i < peer->channels->len; i++) {
+    channel_slot *slot = g_ptr_array_index(peer->channels, i);
+    if (!slot->await_ack || slot->acked || !slot->channel) continue;
+    gint id = -1;
+    g_object_get(slot->channel, "id", &id, NULL);
+    if (id != (gint)stream) continue;
+    slot->acked = TRUE;
+    if (slot->engine_open) g_array_append_val(ready, i);
+  }
+  g_mutex_unlock(&peer->lock);
+  for (guint i = 0; i < ready->len; i++)
+    channel_emit(peer, g_array_index(ready, gint, i), SORA_EVENT_DATA_CHANNEL_OPEN, NULL, 0, 0);
+  g_array_free(ready, TRUE);
+  return GST_PAD_PROBE_REMOVE; /* (only the first message of a stream matters) */
+}
+
+static void on_sctpdec_pad_added(GstElement *dec, GstPad *pad, sora_peer *peer) {
+  (void)dec;
+  if (GST_PAD_DIRECTION(pad) == GST_PAD_SRC)
+    gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER, on_sctp_stream_data, peer, NULL);
+}
+
+/* webrtcbin adds its SCTP decoder when it first needs the data-channel transport. */
+static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *element, sora_peer *peer) {
+  (void)bin;
+  (void)sub;
+  GstElementFactory *factory = gst_element_get_factory(element);
+  if (factory && g_strcmp0(GST_OBJECT_NAME(factory), "sctpdec") == 0)
+    g_signal_connect(element, "pad-added", G_CALLBACK(on_sctpdec_pad_added), peer);
 }
 
 static void on_channel_close(GstWebRTCDataChannel *ch, channel_ref *ref) {
@@ -355,7 +429,7 @@ static void on_channel_string(GstWebRTCDataChannel *ch, gchar *str, channel_ref 
 static void on_channel_error(GstWebRTCDataChannel *ch, GError *error, channel_ref *ref) {
   (void)ch;
   char *msg = g_strdup_printf("data channel error: %s", error ? error->message : "unknown");
-  emit_error(ref->peer, msg, "datachannel");
+  emit_error(ref->peer, msg, "datachannel", -1);
   g_free(msg);
 }
 
@@ -367,6 +441,8 @@ static gint channel_register(sora_peer *peer, GstWebRTCDataChannel *channel, gbo
   if (!slot->label) slot->label = g_strdup("");
   slot->remote = remote;
   g_mutex_lock(&peer->lock);
+  slot->await_ack = !remote && peer->await_next_ack;
+  peer->await_next_ack = FALSE;
   gint id = (gint)peer->channels->len;
   g_ptr_array_add(peer->channels, slot);
   g_mutex_unlock(&peer->lock);
@@ -381,7 +457,7 @@ static gint channel_register(sora_peer *peer, GstWebRTCDataChannel *channel, gbo
   g_signal_connect(channel, "on-error", G_CALLBACK(on_channel_error), ref);
   GstWebRTCDataChannelState state;
   g_object_get(channel, "ready-state", &state, NULL);
-  if (state == GST_WEBRTC_DATA_CHANNEL_STATE_OPEN) channel_emit(peer, id, SORA_EVENT_DATA_CHANNEL_OPEN, NULL, 0, 0);
+  if (state == GST_WEBRTC_DATA_CHANNEL_STATE_OPEN) on_channel_open(channel, ref);
   return id;
 }
 
@@ -467,7 +543,24 @@ static GstBusSyncReply on_bus_message(GstBus *bus, GstMessage *msg, sora_peer *p
     GError *err = NULL;
     gchar *debug = NULL;
     gst_message_parse_error(msg, &err, &debug);
-    emit_error(peer, err ? err->message : "unknown engine error", GST_OBJECT_NAME(GST_MESSAGE_SRC(msg)));
+    const char *text = err ? err->message : "unknown engine error";
+    gint mline = send_branch_of(GST_MESSAGE_SRC(msg));
+    char *detail = NULL;
+    if (mline >= 0) { /* a send branch: name its encoder and the reason the stream stopped */
+      const char *encoder = NULL;
+      for (GList *l = peer->encoders; l && !encoder; l = l->next)
+        if (send_branch_of(GST_OBJECT(l->data)) == mline) {
+          GstElementFactory *factory = gst_element_get_factory(GST_ELEMENT(l->data));
+          encoder = factory ? GST_OBJECT_NAME(factory) : NULL;
+        }
+      const char *reason = debug ? strstr(debug, "reason ") : NULL; /* "reason not-negotiated (-4)" */
+      GString *d = g_string_new(text);
+      if (encoder) g_string_append_printf(d, " [video encoder %s]", encoder);
+      if (reason) g_string_append_printf(d, " (%.*s)", (int)strcspn(reason, "\n"), reason);
+      detail = g_string_free(d, FALSE);
+    }
+    emit_error(peer, detail ? detail : text, GST_OBJECT_NAME(GST_MESSAGE_SRC(msg)), mline);
+    g_free(detail);
     g_clear_error(&err);
     g_free(debug);
   }
@@ -505,6 +598,7 @@ static void peer_release(sora_peer *peer) {
   g_hash_table_destroy(peer->send_transforms);
   g_hash_table_destroy(peer->encoders_by_codec);
   g_hash_table_destroy(peer->decoded);
+  g_hash_table_destroy(peer->send_directions);
   sora_bwe_free(peer->bwe);
   g_free(peer->local_address);
   g_free(peer);
@@ -570,6 +664,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   peer->send_transforms = g_hash_table_new_full(NULL, NULL, NULL, (GDestroyNotify)sora_transform_release);
   peer->encoders_by_codec = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   peer->decoded = g_hash_table_new_full(NULL, NULL, NULL, sora_decode_stats_unref);
+  peer->send_directions = g_hash_table_new(NULL, NULL);
   peer->bwe = sora_bwe_new(webrtc);
   g_mutex_init(&peer->lock);
   g_rw_lock_init(&peer->op_lock);
@@ -632,6 +727,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   g_signal_connect(webrtc, "notify::ice-connection-state", G_CALLBACK(on_state_notify), peer);
   g_signal_connect(webrtc, "notify::connection-state", G_CALLBACK(on_state_notify), peer);
   g_signal_connect(webrtc, "on-data-channel", G_CALLBACK(on_data_channel), peer);
+  g_signal_connect(webrtc, "deep-element-added", G_CALLBACK(on_deep_element_added), peer);
   g_signal_connect(webrtc, "pad-added", G_CALLBACK(on_pad_added), peer);
   GstBus *bus = gst_pipeline_get_bus(GST_PIPELINE(peer->pipeline));
   gst_bus_set_sync_handler(bus, (GstBusSyncHandler)on_bus_message, peer, NULL);
@@ -757,16 +853,100 @@ static int impl_sora_peer_add_transceiver(sora_peer *peer, const char *kind, int
   return SORA_OK;
 }
 
+/* The transceiver that the engine has associated with m-line `mline` (a new reference), or NULL. webrtcbin 1.22
+ * associates them only when it makes the answer; later versions when the remote offer is applied. */
+static GstWebRTCRTPTransceiver *associated_transceiver(sora_peer *peer, gint mline) {
+  GArray *all = NULL;
+  g_signal_emit_by_name(peer->webrtc, "get-transceivers", &all);
+  GstWebRTCRTPTransceiver *found = NULL;
+  for (guint i = 0; all && i < all->len && !found; i++) {
+    GstWebRTCRTPTransceiver *t = g_array_index(all, GstWebRTCRTPTransceiver *, i);
+    guint index = G_MAXUINT;
+    g_object_get(t, "mlineindex", &index, NULL);
+    if (index == (guint)mline) found = gst_object_ref(t);
+  }
+  if (all) g_array_unref(all);
+  return found;
+}
+
+/* The transceiver behind webrtcbin's sink pad `pad` (a new reference), or NULL. */
+static GstWebRTCRTPTransceiver *pad_transceiver(GstPad *pad) {
+  GstWebRTCRTPTransceiver *trans = NULL;
+  if (pad && g_object_class_find_property(G_OBJECT_GET_CLASS(pad), "transceiver"))
+    g_object_get(pad, "transceiver", &trans, NULL);
+  return trans;
+}
+
+/* The transceiver that sends m-line `mline`: associated with it, else behind its send pad (new ref), or NULL. */
+static GstWebRTCRTPTransceiver *send_transceiver(sora_peer *peer, gint mline) {
+  GstWebRTCRTPTransceiver *trans = associated_transceiver(peer, mline);
+  if (trans) return trans;
+  char name[32];
+  g_snprintf(name, sizeof name, "sink_%d", mline);
+  GstPad *pad = gst_element_get_static_pad(peer->webrtc, name);
+  trans = pad_transceiver(pad);
+  if (pad) gst_object_unref(pad);
+  return trans;
+}
+
+static void apply_direction(sora_peer *peer, gint mline, GstWebRTCRTPTransceiver *trans) {
+  g_mutex_lock(&peer->lock);
+  gpointer stored = g_hash_table_lookup(peer->send_directions, GINT_TO_POINTER(mline));
+  g_mutex_unlock(&peer->lock);
+  if (trans && stored) g_object_set(trans, "direction", (GstWebRTCRTPTransceiverDirection)(GPOINTER_TO_INT(stored) - 1), NULL);
+}
+
+GstPad *sora_peer_request_send_pad(sora_peer *peer, gint mline, GstCaps *rtp_caps, GstWebRTCRTPTransceiver **trans_out) {
+  /* The direction goes on before the pad is requested where the engine already has the m-line's transceiver
+   * (webrtcbin 1.26 gives a send pad only to a transceiver that sends), and on the pad's own transceiver after
+   * (1.22 makes one for the pad and associates it with the m-line in the answer). */
+  GstWebRTCRTPTransceiver *trans = associated_transceiver(peer, mline);
+  apply_direction(peer, mline, trans);
+  char name[32];
+  g_snprintf(name, sizeof name, "sink_%d", mline);
+  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(peer->webrtc), "sink_%u");
+  GstPad *pad = gst_element_request_pad(peer->webrtc, templ, name, rtp_caps);
+  if (pad && !trans) {
+    trans = pad_transceiver(pad);
+    apply_direction(peer, mline, trans);
+  }
+  if (trans_out)
+    *trans_out = trans;
+  else if (trans)
+    gst_object_unref(trans);
+  return pad;
+}
+
 static int impl_sora_peer_set_direction(sora_peer *peer, int32_t mline, int32_t direction) {
   int rc = check_peer(peer);
   if (rc) return rc;
+  if (mline < 0) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "m-line must be >= 0");
   if (direction < SORA_DIRECTION_INACTIVE || direction > SORA_DIRECTION_SENDRECV)
     return sora_fail(SORA_ERR_INVALID_ARGUMENT, "direction must be 0..3, got %d", direction);
-  GstWebRTCRTPTransceiver *trans = NULL;
-  g_signal_emit_by_name(peer->webrtc, "get-transceiver", (gint)mline, &trans);
-  if (!trans) return sora_fail(SORA_ERR_NOT_FOUND, "no transceiver at m-line %d", mline);
-  g_object_set(trans, "direction", to_gst_direction(direction), NULL);
-  gst_object_unref(trans);
+  /* An m-line of the remote description, or without one (this side offers) a transceiver's index. */
+  GstWebRTCSessionDescription *remote = NULL;
+  g_object_get(peer->webrtc, "remote-description", &remote, NULL);
+  guint count = 0;
+  gboolean has_remote = remote != NULL;
+  if (remote) {
+    count = gst_sdp_message_medias_len(remote->sdp);
+    gst_webrtc_session_description_free(remote);
+  } else {
+    GArray *all = NULL;
+    g_signal_emit_by_name(peer->webrtc, "get-transceivers", &all);
+    count = all ? all->len : 0;
+    if (all) g_array_unref(all);
+  }
+  if ((guint)mline >= count) return sora_fail(SORA_ERR_NOT_FOUND, "no transceiver at m-line %d", mline);
+  /* Kept for the m-line's send pad (sora_peer_request_send_pad), and set now on a transceiver that exists. */
+  g_mutex_lock(&peer->lock);
+  g_hash_table_replace(peer->send_directions, GINT_TO_POINTER(mline), GINT_TO_POINTER(to_gst_direction(direction) + 1));
+  g_mutex_unlock(&peer->lock);
+  GstWebRTCRTPTransceiver *trans = send_transceiver(peer, mline);
+  if (!trans && !has_remote) /* this side's own transceivers, in the order they were added */
+    g_signal_emit_by_name(peer->webrtc, "get-transceiver", (gint)mline, &trans);
+  apply_direction(peer, mline, trans);
+  if (trans) gst_object_unref(trans);
   return SORA_OK;
 }
 
@@ -866,6 +1046,7 @@ static int impl_sora_peer_add_ice_candidate(sora_peer *peer, int32_t mline, cons
  * sink_<mline>. */
 static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gint n, GstCaps *rtp_caps) {
   GstBin *bin = GST_BIN(peer->pipeline);
+  sora_mark_send_branch(chain, n, mline);
   for (gint i = 0; i < n; i++) gst_bin_add(bin, chain[i]);
   for (gint i = 0; i + 1 < n; i++) {
     if (sora_transform_is_cut(chain[i])) continue; /* the frames come back through the next element */
@@ -876,15 +1057,14 @@ static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gin
       return rc;
     }
   }
-  char name[32];
-  g_snprintf(name, sizeof name, "sink_%d", mline);
-  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(peer->webrtc), "sink_%u");
-  GstPad *sinkpad = gst_element_request_pad(peer->webrtc, templ, name, rtp_caps);
+  GstWebRTCRTPTransceiver *trans = NULL;
+  GstPad *sinkpad = sora_peer_request_send_pad(peer, mline, rtp_caps, &trans);
   GstPad *srcpad = gst_element_get_static_pad(chain[n - 1], "src");
   GstPadLinkReturn link = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
   gst_object_unref(srcpad);
   if (sinkpad) gst_object_unref(sinkpad);
   if (link != GST_PAD_LINK_OK) {
+    if (trans) gst_object_unref(trans);
     for (gint j = 0; j < n; j++) gst_bin_remove(bin, chain[j]);
     return sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link);
   }
@@ -892,8 +1072,6 @@ static int attach_branch(sora_peer *peer, int32_t mline, GstElement **chain, gin
   sora_transform_start_cuts(peer->pipeline, chain, n);
   /* The answer is made before media flows: give the transceiver the caps (with our SSRC) now, so the
    * answer announces a=ssrc / a=msid as libwebrtc receivers expect. */
-  GstWebRTCRTPTransceiver *trans = NULL;
-  g_signal_emit_by_name(peer->webrtc, "get-transceiver", (gint)mline, &trans);
   if (trans) {
     GstCaps *prefs = gst_caps_copy(rtp_caps);
     GstStructure *st = gst_caps_get_structure(prefs, 0);
@@ -1031,12 +1209,12 @@ static int impl_sora_peer_attach_video_source(sora_peer *peer, sora_video_source
   gint n = 0;
   chain[n++] = src;
   chain[n++] = queue;
+  if (rawfilter) chain[n++] = rawfilter; /* the size fit: before any element that negotiates a size */
   chain[n++] = conv;
   if (scaler) {
     chain[n++] = scaler;
     chain[n++] = scale_filter;
   }
-  if (rawfilter) chain[n++] = rawfilter;
   chain[n++] = enc;
   if (filter) chain[n++] = filter;
   n += add_send_transform(peer, mline, p, ssrc, "video", &chain[n]);
@@ -1154,6 +1332,13 @@ static int impl_sora_peer_create_data_channel(sora_peer *peer, const char *label
   g_signal_emit_by_name(peer->webrtc, "create-data-channel", label, opts, &channel);
   gst_structure_free(opts);
   if (!channel) return sora_fail(SORA_ERR_ENGINE, "webrtcbin refused data channel \"%s\"", label);
+  gboolean negotiated = FALSE;
+  g_object_get(channel, "negotiated", &negotiated, NULL);
+  if (!negotiated) { /* (before it can report open: the signals are connected in channel_register) */
+    g_mutex_lock(&peer->lock);
+    peer->await_next_ack = TRUE;
+    g_mutex_unlock(&peer->lock);
+  }
   *id_out = channel_register(peer, channel, FALSE);
   gst_object_unref(channel);
   return SORA_OK;
@@ -1202,6 +1387,19 @@ static int impl_sora_peer_send_data(sora_peer *peer, int32_t channel_id, const u
     g_clear_error(&err);
     return rc;
   }
+  return SORA_OK;
+}
+
+static int impl_sora_peer_data_channel_buffered_amount(sora_peer *peer, int32_t channel_id, uint64_t *out) {
+  int rc = check_peer(peer);
+  if (rc) return rc;
+  if (!out) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "out is NULL");
+  GstWebRTCDataChannel *ch = channel_get(peer, channel_id);
+  if (!ch) return sora_fail(SORA_ERR_NOT_FOUND, "no data channel with id %d", channel_id);
+  guint64 amount = 0;
+  g_object_get(ch, "buffered-amount", &amount, NULL);
+  gst_object_unref(ch);
+  *out = amount;
   return SORA_OK;
 }
 
@@ -1408,6 +1606,14 @@ SORA_C_API int sora_peer_send_data(sora_peer *peer, int32_t channel_id, const ui
   if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
   g_rw_lock_reader_lock(&peer->op_lock);
   int rc = impl_sora_peer_send_data(peer, channel_id, data, size, binary);
+  g_rw_lock_reader_unlock(&peer->op_lock);
+  return rc;
+}
+
+SORA_C_API int sora_peer_data_channel_buffered_amount(sora_peer *peer, int32_t channel_id, uint64_t *out) {
+  if (!peer) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "peer is NULL");
+  g_rw_lock_reader_lock(&peer->op_lock);
+  int rc = impl_sora_peer_data_channel_buffered_amount(peer, channel_id, out);
   g_rw_lock_reader_unlock(&peer->op_lock);
   return rc;
 }

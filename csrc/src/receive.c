@@ -107,15 +107,17 @@ typedef struct {
 struct sora_sink {
   sora_handle_base base;
   sora_child child;
-  gint refs; /* owner + appsink callbacks */
+  gint refs;    /* owner + appsink callbacks + the sink thread */
+  gint pending; /* what must end before on_destroy is queued: the owner's destroy and the sink thread */
   GMutex lock;
   GCond cond;
   GQueue queue; /* GstSample* */
   guint capacity;
   gint64 dropped;
   gboolean stopping;
-  gboolean detached;
-  GThread *thread;
+  gboolean delivering; /* the sink thread is inside a frame callback */
+  gboolean destroyed;  /* sora_sink_destroy was called */
+  GThread *thread;     /* joined (or released, on itself) when the memory goes */
   gint format;
   GstElement *valve; /* owned reference */
   sora_peer *peer;   /* a memory reference (sora_peer_ref) until sora_sink_destroy */
@@ -146,6 +148,11 @@ SORA_C_API void sora_c_release(void *ref) {
 static void sink_unref(gpointer data) {
   sora_sink *sink = data;
   if (!g_atomic_int_dec_and_test(&sink->refs)) return;
+  /* The thread's own reference is its last act, so it has ended or is just returning. */
+  if (sink->thread == g_thread_self())
+    g_thread_unref(sink->thread);
+  else if (sink->thread)
+    g_thread_join(sink->thread);
   GstSample *s;
   while ((s = g_queue_pop_head(&sink->queue))) gst_sample_unref(s);
   g_mutex_clear(&sink->lock);
@@ -155,6 +162,11 @@ static void sink_unref(gpointer data) {
 }
 
 static void sink_free(sora_handle_base *base) { sink_unref(base); }
+
+/* One of the two things on_destroy waits for has happened (the owner's destroy, the sink thread's end). */
+static void sink_done(sora_sink *sink) {
+  if (g_atomic_int_dec_and_test(&sink->pending)) sora_queue_destroy(&sink->base);
+}
 
 static GstFlowReturn sink_new_sample(GstAppSink *appsink, gpointer data) {
   sora_sink *sink = data;
@@ -280,36 +292,45 @@ static gpointer sink_main(gpointer data) {
     g_mutex_lock(&sink->lock);
     while (!sink->stopping && g_queue_is_empty(&sink->queue)) g_cond_wait(&sink->cond, &sink->lock);
     GstSample *sample = sink->stopping ? NULL : g_queue_pop_head(&sink->queue);
+    sink->delivering = sample != NULL;
     g_mutex_unlock(&sink->lock);
     if (!sample) break;
     sink_deliver(sink, sample);
+    g_mutex_lock(&sink->lock);
+    sink->delivering = FALSE;
+    g_cond_broadcast(&sink->cond);
+    g_mutex_unlock(&sink->lock);
   }
+  sink_done(sink);
+  sink_unref(sink); /* the thread's reference */
   return NULL;
 }
 
-/* Stop delivery. With `join`, no callback runs after this returns (unless called from the sink thread). */
-static void sink_stop(sora_sink *sink, gboolean join) {
+/* Stop delivery: no frame callback starts after this returns. The thread ends after the callback it may be in. */
+static void sink_stop(sora_sink *sink) {
   g_mutex_lock(&sink->lock);
-  gboolean first = !sink->stopping;
   sink->stopping = TRUE;
   g_cond_broadcast(&sink->cond);
   g_mutex_unlock(&sink->lock);
   if (sink->valve) g_object_set(sink->valve, "drop", TRUE, NULL); /* and stop decoding */
-  (void)first;
-  if (join && sink->thread) {
-    if (sink->thread != g_thread_self())
-      g_thread_join(sink->thread);
-    else
-      g_thread_unref(sink->thread);
-    sink->thread = NULL;
+}
+
+/* Wait until the sink thread is out of its frame callback, at most SINK_CALLBACK_WAIT_US (never on that thread:
+ * a callback that destroys its own sink, or one that blocks, must not deadlock its caller). */
+#define SINK_CALLBACK_WAIT_US (5 * G_TIME_SPAN_SECOND)
+static void sink_wait_callback(sora_sink *sink) {
+  if (sink->thread == g_thread_self()) return;
+  gint64 deadline = g_get_monotonic_time() + SINK_CALLBACK_WAIT_US;
+  g_mutex_lock(&sink->lock);
+  while (sink->delivering && g_cond_wait_until(&sink->cond, &sink->lock, deadline)) {
   }
+  g_mutex_unlock(&sink->lock);
 }
 
 static void sink_detach(sora_child *child) {
   sora_sink *sink = (sora_sink *)((char *)child - G_STRUCT_OFFSET(sora_sink, child));
-  /* The peer is closing (maybe while a frame callback waits for it): stop without joining here;
-   * sora_sink_destroy joins the thread later. */
-  sink_stop(sink, FALSE);
+  /* The peer is closing (maybe while a frame callback waits for it): stop, never wait here. */
+  sink_stop(sink);
 }
 
 /* ---- what the sinks decode (inbound-rtp framesDecoded, keyFramesDecoded, frameWidth/Height, framesPerSecond) */
@@ -514,7 +535,8 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
   sora_sink *sink = g_new0(sora_sink, 1);
   sora_handle_init(&sink->base, sora_peer_context(peer), callbacks, sink_free);
   sink->child.detach = sink_detach;
-  sink->refs = 2;
+  sink->refs = 3;
+  sink->pending = 2;
   g_mutex_init(&sink->lock);
   g_cond_init(&sink->cond);
   g_queue_init(&sink->queue);
@@ -564,8 +586,12 @@ SORA_C_API int sora_sink_create(sora_peer *peer, int64_t track_id, const sora_si
     rc = linked ? add_branch(peer, tee, chain, n) : sora_fail(SORA_ERR_ENGINE, "cannot link the video converter");
   }
   if (rc) {
-    sink_stop(sink, TRUE);
-    sink_unref(sink); /* the owner's reference; appsink's goes with the element */
+    /* Never handed out: no on_destroy. The thread drops its reference as it ends, appsink's goes with the
+     * element, and the owner's goes here (with the context reference sora_handle_init took). */
+    g_atomic_int_inc(&sink->pending); /* the thread's sink_done must not queue a destroy */
+    sink_stop(sink);
+    sora_context_unref(sink->base.ctx);
+    sink_unref(sink);
     goto out;
   }
   sink->peer = sora_peer_ref(peer);
@@ -598,14 +624,19 @@ SORA_C_API int64_t sora_sink_dropped(sora_sink *sink) {
 SORA_C_API int sora_sink_destroy(sora_sink *sink) {
   sora_clear_error();
   if (!sink) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "sink is NULL");
-  if (sink->base.destroy_queued) return sora_fail(SORA_ERR_INVALID_STATE, "sink was already destroyed");
+  g_mutex_lock(&sink->lock);
+  gboolean again = sink->destroyed;
+  sink->destroyed = TRUE;
+  g_mutex_unlock(&sink->lock);
+  if (again) return sora_fail(SORA_ERR_INVALID_STATE, "sink was already destroyed");
   sora_peer *peer = sink->peer;
   gboolean attached = FALSE;
   if (peer && sora_peer_enter(peer) == SORA_OK) {
     attached = sora_peer_remove_child(peer, &sink->child);
     sora_peer_leave(peer);
   }
-  sink_stop(sink, TRUE);
+  sink_stop(sink);
+  sink_wait_callback(sink);
   /* The connection goes on: take the branch off the track, so that a closed sink no longer depayloads, decodes and
    * converts the stream (a peer being closed takes its whole pipeline down itself). */
   if (attached && sora_peer_enter(peer) == SORA_OK) {
@@ -618,7 +649,7 @@ SORA_C_API int sora_sink_destroy(sora_sink *sink) {
   sink->tee = NULL;
   sink->peer = NULL;
   if (peer) sora_peer_unref(peer);
-  sora_queue_destroy(&sink->base);
+  sink_done(sink); /* on_destroy follows once the sink thread has left its last callback */
   return SORA_OK;
 }
 

@@ -17,6 +17,8 @@
 #define URI_MID "urn:ietf:params:rtp-hdrext:sdes:mid"
 #define URI_RID "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 #define MAX_LAYERS 8
+/* A layer branch: queue ! videoscale ! capsfilter(size) [! capsfilter(I420)] ! encoder [! capsfilter] ! payloader */
+#define LAYER_CHAIN 7
 
 /* Per-layer state shared by the layer's pad probes (freed with the last probe). */
 typedef struct {
@@ -24,6 +26,7 @@ typedef struct {
   GstElement *size_filter; /* owned reference */
   double scale;            /* 0: use max_width/max_height */
   gint max_width, max_height;
+  gboolean even;             /* the encoder takes even sides only (x264): the layer's size is rounded down */
   GstClockTime min_interval; /* from max_framerate; 0 = no limit */
   GstClockTime last_pts;
 } layer_state;
@@ -35,16 +38,91 @@ static void layer_unref(gpointer data) {
   g_free(s);
 }
 
-/* The scale of a layer for a `width`x`height` source: scaleResolutionDownTo wins over scaleResolutionDownBy,
- * and a layer is never larger than the source. */
-static double layer_scale(const layer_state *s, gint width, gint height) {
-  double scale = s->scale >= 1.0 ? s->scale : 1.0;
-  if (s->max_width > 0 || s->max_height > 0) {
-    scale = 1.0;
-    if (s->max_width > 0 && (double)width / s->max_width > scale) scale = (double)width / s->max_width;
-    if (s->max_height > 0 && (double)height / s->max_height > scale) scale = (double)height / s->max_height;
+/* The size a layer encodes a `width`x`height` source at, by the rule libwebrtc follows (measured with the
+ * official SDK 2025.4.0's sender, tests/test_official_parity.py::test_official_simulcast_layer_sizes, and read
+ * in libwebrtc's EncoderStreamFactory and VideoAdapter): every size is aligned down to LAYER_ALIGNMENT pixels
+ * (the source first: 960x540 encodes 960x528 at full size);
+ *  - scaleResolutionDownBy: size / scale rounded to nearest, at least 16 (EncoderStreamFactory's
+ *    ScaleDownResolution), then aligned;
+ *  - scaleResolutionDownTo {maxWidth, maxHeight} (a missing side follows the source's aspect): the source is
+ *    cropped to the request's aspect (single-precision, as VideoAdapter::AdaptFrameResolution) and scaled by
+ *    the fraction of VideoAdapter's FindScale (steps of 3/4 and 2/3, from 2/3 when both sides divide by 3)
+ *    whose pixel count comes closest to the request's without exceeding it; the cropped size is rounded up
+ *    to a multiple of (denominator x alignment) within the source. So 960x540 under 640x360 gives 480x256,
+ *    1280x720 gives 640x352.
+ * The engine scales the whole (aligned) source to that size: where libwebrtc crops (a request of another
+ * aspect), the picture here is squeezed instead. sora_sdk/stats.py (simulcast_layer_size) follows the
+ * same rule. */
+#define LAYER_ALIGNMENT 16
+#define LAYER_MIN_SIZE 16
+
+static gint align_down(gint v) { return v >= LAYER_ALIGNMENT ? v / LAYER_ALIGNMENT * LAYER_ALIGNMENT : v; }
+
+static gint scale_down(gint v, double by) {
+  if (v <= LAYER_MIN_SIZE) return v;
+  gint r = (gint)(v / by + 0.5);
+  return r < LAYER_MIN_SIZE ? LAYER_MIN_SIZE : r;
+}
+
+static gint round_up_within(gint v, gint multiple, gint max) {
+  gint r = (v + multiple - 1) / multiple * multiple;
+  return r <= max ? r : max / multiple * multiple;
+}
+
+/* The fraction num/den of VideoAdapter's search for `target` pixels (target == the most allowed). */
+static void find_scale(gint w, gint h, gint64 target, gint *num, gint *den) {
+  gint64 pixels = (gint64)w * h;
+  gint n = 1, d = 1, best_n = 1, best_d = 1;
+  gint64 best_diff = G_MAXINT64;
+  *num = *den = 1;
+  if (target >= pixels) return;
+  if (w % 3 == 0 && h % 3 == 0) n = d = 6;
+  if (w % 9 == 0 && h % 9 == 0) n = d = 36;
+  while ((gint64)n * n * pixels / ((gint64)d * d) > target) {
+    if (n % 3 == 0 && d % 2 == 0) {
+      n /= 3;
+      d /= 2;
+    } else {
+      n *= 3;
+      d *= 4;
+    }
+    gint64 out = (gint64)n * n * pixels / ((gint64)d * d);
+    if (out <= target && target - out < best_diff) {
+      best_diff = target - out;
+      best_n = n;
+      best_d = d;
+    }
   }
-  return scale;
+  gint a = best_n, b = best_d;
+  while (b) {
+    gint t = a % b;
+    a = b;
+    b = t;
+  }
+  *num = best_n / a;
+  *den = best_d / a;
+}
+
+static void layer_size(const layer_state *s, gint width, gint height, gint *out_w, gint *out_h) {
+  gint w = align_down(width), h = align_down(height);
+  if (s->max_width <= 0 && s->max_height <= 0) {
+    double by = s->scale >= 1.0 ? s->scale : 1.0;
+    *out_w = by > 1.0 ? align_down(scale_down(w, by)) : w;
+    *out_h = by > 1.0 ? align_down(scale_down(h, by)) : h;
+    return;
+  }
+  gint bw = s->max_width > 0 ? s->max_width : (gint)lround((double)s->max_height * w / h);
+  gint bh = s->max_height > 0 ? s->max_height : (gint)lround((double)s->max_width * h / w);
+  if (bw < 1) bw = 1;
+  if (bh < 1) bh = 1;
+  /* the request's aspect, oriented as the source (landscape or portrait) */
+  gint long_side = MAX(bw, bh), short_side = MIN(bw, bh);
+  float aspect = w > h ? (float)long_side / (float)short_side : (float)short_side / (float)long_side;
+  gint crop_w = MIN(w, (gint)((float)h * aspect)), crop_h = MIN(h, (gint)((float)w / aspect));
+  gint num, den;
+  find_scale(crop_w, crop_h, (gint64)bw * bh, &num, &den);
+  *out_w = round_up_within(crop_w, den * LAYER_ALIGNMENT, w) / den * num;
+  *out_h = round_up_within(crop_h, den * LAYER_ALIGNMENT, h) / den * num;
 }
 
 /* Source caps seen by a layer's scaler: set the layer's output size before the scaler negotiates. */
@@ -60,10 +138,15 @@ static GstPadProbeReturn on_layer_caps(GstPad *pad, GstPadProbeInfo *info, gpoin
   if (!st || !gst_structure_get_int(st, "width", &width) || !gst_structure_get_int(st, "height", &height) ||
       width <= 0 || height <= 0)
     return GST_PAD_PROBE_OK;
-  double scale = layer_scale(s, width, height);
-  gint w = (gint)(width / scale), h = (gint)(height / scale);
+  /* (the layer's input is already fitted to its encoder; a scaled size is made fit too) */
+  gint w, h;
+  layer_size(s, width, height, &w, &h);
   if (w < 1) w = 1;
   if (h < 1) h = 1;
+  if (s->even) {
+    w = MAX(w & ~1, 2);
+    h = MAX(h & ~1, 2);
+  }
   GstCaps *size = gst_caps_new_simple("video/x-raw", "width", G_TYPE_INT, w, "height", G_TYPE_INT, h,
                                       "pixel-aspect-ratio", GST_TYPE_FRACTION, 1, 1, NULL);
   g_object_set(s->size_filter, "caps", size, NULL);
@@ -205,14 +288,15 @@ static int read_offer(sora_peer *peer, int32_t mline, char **mid, gint *mid_id, 
   return rc;
 }
 
-/* Encoder (and for H.264 a caps filter) and payloader of one layer at `bps` (encoder.c; VP8, VP9, H.264). */
-static int make_encoder(const char *codec, guint bps, GString *missing, GstElement **enc, GstElement **post,
-                        GstElement **pay) {
+/* The size fit (for AV1 also to I420), encoder (for H.264 a caps filter after it) and payloader of one layer at
+ * `bps` (encoder.c; VP8, VP9, H.264, AV1: the shim's own AV1 payloader, which also turns key-frame requests into
+ * key frames for av1enc). */
+static int make_encoder(const char *codec, guint bps, GString *missing, GstElement **fit, GstElement **enc,
+                        GstElement **post, GstElement **pay) {
   if (g_ascii_strcasecmp(codec, "VP8") != 0 && g_ascii_strcasecmp(codec, "VP9") != 0 &&
-      g_ascii_strcasecmp(codec, "H264") != 0)
+      g_ascii_strcasecmp(codec, "H264") != 0 && g_ascii_strcasecmp(codec, "AV1") != 0)
     return sora_fail(SORA_ERR_UNSUPPORTED, "simulcast with codec %s is not supported by this engine", codec);
-  GstElement *raw = NULL; /* only AV1 has one */
-  return sora_video_encoder_make(codec, NULL, bps, missing, &raw, enc, post, pay);
+  return sora_video_encoder_make(codec, NULL, bps, missing, fit, enc, post, pay);
 }
 
 /* Add the RTP header extension `factory` with `id` to a payloader, set up by `prop` = `value`. */
@@ -319,7 +403,10 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   /* Everything that can be refused is checked before anything is built (a built send pad stays taken). */
   static const struct {
     const char *codec, *encoder, *payloader;
-  } codecs[] = {{"VP8", "vp8enc", "rtpvp8pay"}, {"VP9", "vp9enc", "rtpvp9pay"}, {"H264", "x264enc", "rtph264pay"}};
+  } codecs[] = {{"VP8", "vp8enc", "rtpvp8pay"},
+                {"VP9", "vp9enc", "rtpvp9pay"},
+                {"H264", "x264enc", "rtph264pay"},
+                {"AV1", "av1enc", "sorartpav1pay"}};
   gint known = -1;
   for (guint i = 0; i < G_N_ELEMENTS(codecs); i++)
     if (g_ascii_strcasecmp(p->codec, codecs[i].codec) == 0) known = (gint)i;
@@ -391,20 +478,20 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     tail[3] = out_filter;
     n_tail = 4;
   }
+  sora_mark_send_branch(tail, n_tail, mline);
   if ((rc = add_chain(bin, tail, n_tail))) {
     unref_all(head, G_N_ELEMENTS(head));
     goto out;
   }
-  char name[32];
-  g_snprintf(name, sizeof name, "sink_%d", mline);
-  GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(sora_peer_webrtc(peer)), "sink_%u");
-  GstPad *sinkpad = gst_element_request_pad(sora_peer_webrtc(peer), templ, name, rtp_caps);
+  GstWebRTCRTPTransceiver *trans = NULL;
+  GstPad *sinkpad = sora_peer_request_send_pad(peer, mline, rtp_caps, &trans);
   GstPad *srcpad = gst_element_get_static_pad(out_filter, "src");
   GstPadLinkReturn link_rc = sinkpad ? gst_pad_link(srcpad, sinkpad) : GST_PAD_LINK_REFUSED;
   gst_object_unref(srcpad);
   if (sinkpad) gst_object_unref(sinkpad);
   if (link_rc != GST_PAD_LINK_OK) {
     rc = sora_fail(SORA_ERR_ENGINE, "webrtcbin refused a send pad for m-line %d (link result %d)", mline, link_rc);
+    if (trans) gst_object_unref(trans);
     for (gint i = 0; i < n_tail; i++) {
       gst_element_set_state(tail[i], GST_STATE_NULL);
       gst_bin_remove(bin, tail[i]);
@@ -413,8 +500,6 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     goto out;
   }
   for (gint i = n_tail - 1; i >= 0; i--) gst_element_sync_state_with_parent(tail[i]);
-  GstWebRTCRTPTransceiver *trans = NULL;
-  g_signal_emit_by_name(sora_peer_webrtc(peer), "get-transceiver", (gint)mline, &trans);
   if (trans) {
     GstCaps *prefs = gst_caps_copy(rtp_caps);
     gst_structure_set(gst_caps_get_structure(prefs, 0), "rtcp-fb-nack-pli", G_TYPE_BOOLEAN, TRUE, "rtcp-fb-ccm-fir",
@@ -435,6 +520,7 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   sora_set_leaky_queue(in_queue, 2, 0);
   g_object_set(tee, "allow-not-linked", TRUE, NULL);
   gst_object_ref(src);
+  sora_mark_send_branch(head, G_N_ELEMENTS(head), mline);
   if ((rc = add_chain(bin, head, G_N_ELEMENTS(head)))) {
     gst_object_unref(src);
     goto out;
@@ -449,13 +535,13 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     if (!l->active) continue;
     GstElement *queue = sora_make("queue", missing), *scale = sora_make("videoscale", missing),
                *size = sora_make("capsfilter", missing);
-    GstElement *enc = NULL, *post = NULL, *pay = NULL;
-    rc = make_encoder(encoding, l->bps, missing, &enc, &post, &pay);
-    GstElement *chain[7] = {queue, scale, size, enc, post, pay, NULL};
+    GstElement *fit = NULL, *enc = NULL, *post = NULL, *pay = NULL;
+    rc = make_encoder(encoding, l->bps, missing, &fit, &enc, &post, &pay);
+    GstElement *chain[LAYER_CHAIN] = {queue, fit, scale, size, enc, post, pay};
     if (rc == SORA_OK && missing->len)
       rc = sora_fail(SORA_ERR_UNSUPPORTED, "engine elements missing for %s simulcast: %s", encoding, missing->str);
     if (rc) {
-      unref_all(chain, 6);
+      unref_all(chain, LAYER_CHAIN);
       break;
     }
     sora_set_leaky_queue(queue, 2, 0);
@@ -464,13 +550,13 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     if (!add_extension(pay, "rtphdrextmid", mid_id, "mid", mid) ||
         !add_extension(pay, "rtphdrextstreamid", rid_id, "rid", l->rid)) {
       rc = sora_fail(SORA_ERR_UNSUPPORTED, "the engine lacks the rtphdrextmid / rtphdrextstreamid extensions");
-      unref_all(chain, 6);
+      unref_all(chain, LAYER_CHAIN);
       break;
     }
     if (twcc_id) sora_bwe_add_twcc_extension(pay, twcc_id);
     gint n = 0;
-    GstElement *linked[6];
-    for (gint j = 0; j < 6; j++)
+    GstElement *linked[LAYER_CHAIN];
+    for (gint j = 0; j < LAYER_CHAIN; j++)
       if (chain[j]) linked[n++] = chain[j];
     layer_state *s = g_new0(layer_state, 1);
     s->refs = 1;
@@ -478,9 +564,11 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
     s->scale = l->scale;
     s->max_width = l->max_width;
     s->max_height = l->max_height;
+    s->even = g_ascii_strcasecmp(encoding, "H264") == 0;
     s->last_pts = GST_CLOCK_TIME_NONE;
     s->min_interval = l->max_framerate > 0 ? (GstClockTime)(GST_SECOND / l->max_framerate) : 0;
     gst_object_ref(enc);
+    sora_mark_send_branch(linked, n, mline);
     if ((rc = add_chain(bin, linked, n))) {
       gst_object_unref(enc);
       layer_unref(s);

@@ -39,6 +39,7 @@ sora_link *sora_link_audio(sora_audio_source *src, sora_peer *peer, GstElement *
   link->appsrc = appsrc;
   link->peer = peer;
   link->audio = src;
+  link->audio_origin = GST_CLOCK_TIME_NONE;
   g_mutex_lock(&src->ctx->media_lock);
   src->links = g_list_prepend(src->links, link);
   g_mutex_unlock(&src->ctx->media_lock);
@@ -220,10 +221,44 @@ SORA_C_API int sora_audio_source_create(sora_context *ctx, int32_t channels, int
   return SORA_OK;
 }
 
+/* A pause in pushing longer than this restarts the timeline at the wall clock (libwebrtc's audio path does
+ * the same); shorter irregularities in when the application pushes never move the timestamps. */
+#define AUDIO_RESYNC_GAP (100 * GST_MSECOND)
+
+/* Stamp `buf` for one link: the timestamps advance by exactly the samples sent, so the RTP timestamps step by
+ * exactly the Opus frame (960 per 20 ms at 48 kHz) whatever the size and timing of the pushes. The timeline
+ * restarts at the pipeline's running time on the first push and after a real gap (the pushes fell behind the
+ * wall clock by more than AUDIO_RESYNC_GAP); the first buffer after a restart is marked DISCONT. Pushing ahead
+ * of the wall clock (a burst) keeps the sample timeline. Without a clock yet, appsrc stamps it (do-timestamp). */
+static GstBuffer *stamp_audio(sora_link *link, GstBuffer *shared, gsize samples, gint rate) {
+  GstElement *appsrc = link->appsrc;
+  GstClock *clock = gst_element_get_clock(appsrc);
+  if (!clock) return gst_buffer_ref(shared);
+  GstClockTime now = gst_clock_get_time(clock), base = gst_element_get_base_time(appsrc);
+  gst_object_unref(clock);
+  GstClockTime running = now > base ? now - base : 0;
+  GstBuffer *buf = gst_buffer_copy(shared); /* shares the samples' memory */
+  GstClockTime next = GST_CLOCK_TIME_IS_VALID(link->audio_origin)
+                          ? link->audio_origin + gst_util_uint64_scale_int(link->audio_samples, GST_SECOND, rate)
+                          : GST_CLOCK_TIME_NONE;
+  if (!GST_CLOCK_TIME_IS_VALID(next) || running > next + AUDIO_RESYNC_GAP) {
+    link->audio_origin = running;
+    link->audio_samples = 0;
+    next = running;
+    GST_BUFFER_FLAG_SET(buf, GST_BUFFER_FLAG_DISCONT);
+  }
+  link->audio_samples += samples;
+  GstClockTime end = link->audio_origin + gst_util_uint64_scale_int(link->audio_samples, GST_SECOND, rate);
+  GST_BUFFER_PTS(buf) = GST_BUFFER_DTS(buf) = next;
+  GST_BUFFER_DURATION(buf) = end - next;
+  GST_BUFFER_OFFSET(buf) = GST_BUFFER_OFFSET_NONE;
+  return buf;
+}
+
 SORA_C_API int sora_audio_source_push(sora_audio_source *src, const int16_t *samples, size_t samples_per_channel,
                                       int64_t timestamp_us) {
   sora_clear_error();
-  (void)timestamp_us;
+  (void)timestamp_us; /* the sample count is the timeline (see stamp_audio) */
   if (!src || (!samples && samples_per_channel)) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source or samples is NULL");
   if (samples_per_channel == 0) return SORA_OK;
   if (samples_per_channel > (size_t)src->rate * 60)
@@ -233,7 +268,7 @@ SORA_C_API int sora_audio_source_push(sora_audio_source *src, const int16_t *sam
   g_mutex_lock(&src->ctx->media_lock);
   for (GList *l = src->links; l; l = l->next) {
     sora_link *link = l->data;
-    gst_app_src_push_buffer(GST_APP_SRC(link->appsrc), gst_buffer_ref(buf));
+    gst_app_src_push_buffer(GST_APP_SRC(link->appsrc), stamp_audio(link, buf, samples_per_channel, src->rate));
   }
   g_mutex_unlock(&src->ctx->media_lock);
   gst_buffer_unref(buf);

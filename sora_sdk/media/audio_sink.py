@@ -182,6 +182,8 @@ class SoraAudioStreamSinkImpl(_AudioSinkBase):
         self._pending = samples[whole:] if whole < samples.shape[0] else None
         now_ms = int(time.time() * 1000)
         for start in range(0, whole, step):
+            if self._closed:
+                break
             invoke(self, "on_frame", SoraAudioFrame(samples[start:start + step], rate, now_ms, _internal=True))
 
 

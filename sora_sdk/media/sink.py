@@ -36,11 +36,17 @@ class EngineSink:
             return self._context.call(lib.sora_sink_dropped, self._ptr, closed=0)
 
     def close(self) -> None:
+        """Stop delivery (a callback running on another thread gets a few seconds to return first) and release
+        the sink; its router goes once its thread has left the last callback. Legal inside its own callback."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            rc = self._context.call(lib.sora_sink_destroy, self._ptr, closed=0)  # a closed context stopped it
+            rc = self._context.call(lib.sora_sink_destroy, self._ptr, closed=None)
+            if rc is None:
+                # The context is closed (its peers with it): the sink's memory is still ours to release, and it
+                # keeps what it needs of the context alive (sora_c.h, ownership).
+                rc = lib.sora_sink_destroy(self._ptr)
         if rc < 0:
             log.debug("sink destroy: %s", ffi.string(lib.sora_c_last_error()))
 
@@ -56,6 +62,7 @@ class SinkBase:
         if track.kind != kind:
             raise ValueError("%s needs a %s track, got a %s track" % (what, kind, track.kind))
         self._callbacks = {}
+        self._closed = False
         self._engine: Optional[EngineSink] = None
         self._track_ref = track
 
@@ -63,8 +70,15 @@ class SinkBase:
         """Register with the track (last step of __init__: the track may bind at once)."""
         self._track_ref._add_sink(self)
 
+    @property
+    def dropped(self) -> int:
+        """What was dropped because the callbacks fell behind: video frames, or decoded audio buffers (10-20 ms
+        each) for the audio sinks (additive API)."""
+        return self._engine.dropped() if self._engine is not None else 0
+
     def close(self) -> None:
-        """Stop receiving (additive API)."""
+        """Stop receiving (additive API): no callback starts after this returns (legal inside a callback)."""
+        self._closed = True
         if self._engine is not None:
             self._engine.close()
 

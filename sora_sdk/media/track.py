@@ -111,6 +111,9 @@ class SoraMediaTrack(SoraTrackInterface):
 
     def _add_sink(self, sink) -> None:
         with self._lock:
+            if self._state == SoraTrackState.ENDED:
+                raise SoraInvalidState("the %s track %s has ended (its connection is over): a sink on it would "
+                                       "never receive anything" % (self.kind, self.id))
             self._sinks.append(sink)
             binding = self._binding
         if binding is not None:

@@ -55,6 +55,11 @@ class SoraVideoFrame:
             return flat.reshape(self._height * 3 // 2, self._width)
         return flat
 
+    def __reduce__(self):
+        # A copy of the pixels: the frame's own memory belongs to the engine and cannot travel.
+        return (_new_video_frame, (bytes(self._buffer), self._width, self._height, self._format,
+                                   self._timestamp_us))
+
     def planes(self):
         """I420 frames only: (y, u, v) zero-copy views."""
         if self._format != "i420":
@@ -66,6 +71,10 @@ class SoraVideoFrame:
         u = flat[w * h: w * h + cw * ch].reshape(ch, cw)
         v = flat[w * h + cw * ch: w * h + 2 * cw * ch].reshape(ch, cw)
         return y, u, v
+
+
+def _new_video_frame(pixels: bytes, width: int, height: int, fmt: str, timestamp_us: int) -> SoraVideoFrame:
+    return SoraVideoFrame(pixels, width, height, fmt, timestamp_us, _internal=True)
 
 
 class SoraVideoSinkImpl(SinkBase):
@@ -86,11 +95,6 @@ class SoraVideoSinkImpl(SinkBase):
         self._format = format
         self._capacity = capacity
         self._attach()
-
-    @property
-    def dropped(self) -> int:
-        """Frames dropped because on_frame fell behind."""
-        return self._engine.dropped() if self._engine is not None else 0
 
     def _bind(self, context, peer, track_id: int) -> None:
         fmt = lib.SORA_SINK_VIDEO_I420 if self._format == "i420" else lib.SORA_SINK_VIDEO_BGR

@@ -20,9 +20,18 @@ def _check_bgr(ndarray) -> np.ndarray:
         raise ValueError("on_captured() expects shape (height, width, 3) in BGR order, got %s" % (ndarray.shape,))
     if ndarray.shape[0] < 1 or ndarray.shape[1] < 1:
         raise ValueError("on_captured() got an empty frame of shape %s" % (ndarray.shape,))
-    if not ndarray.flags["C_CONTIGUOUS"]:
-        raise ValueError("on_captured() expects a C-contiguous array (use numpy.ascontiguousarray(frame))")
+    if ndarray.strides[1:] != (3, 1) or ndarray.strides[0] < ndarray.shape[1] * 3:
+        raise ValueError("on_captured() expects packed BGR pixels in rows going down (a crop of a frame is fine; "
+                         "use numpy.ascontiguousarray(frame) for other layouts), got strides %s" % (ndarray.strides,))
     return ndarray
+
+
+def _rows(array: np.ndarray):
+    """A pointer to the first row of an array whose rows are packed but may be apart (a crop, padded planes):
+    the engine reads each row at its stride, so no copy is made."""
+    if array.flags["C_CONTIGUOUS"]:
+        return ffi.from_buffer(array)
+    return ffi.cast("const uint8_t *", array.__array_interface__["data"][0])
 
 
 class SoraVideoSource(SoraTrackInterface):
@@ -64,8 +73,15 @@ class SoraVideoSource(SoraTrackInterface):
                 self._black = np.zeros_like(frame)
             frame = self._black
         with self._context.use():
-            check(lib.sora_video_source_push_bgr(self._ptr, ffi.from_buffer(frame), width, height, width * 3,
+            check(lib.sora_video_source_push_bgr(self._ptr, _rows(frame), width, height, frame.strides[0],
                                                  ts_us), "on_captured")
+
+    async def capture(self, ndarray, timestamp: Union[float, int, None] = None) -> None:
+        """on_captured() on a worker thread, for coroutines that must not spend the conversion's time on their
+        event loop (additive API)."""
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.on_captured, ndarray, timestamp)
 
     def on_captured_i420(self, y, u, v, timestamp: Union[float, int, None] = None) -> None:
         """Send one I420 frame given as three uint8 planes (additive API: skips the BGR conversion)."""
@@ -73,8 +89,9 @@ class SoraVideoSource(SoraTrackInterface):
         for name, plane in (("y", y), ("u", u), ("v", v)):
             if not isinstance(plane, np.ndarray) or plane.dtype != np.uint8 or plane.ndim != 2:
                 raise TypeError("on_captured_i420() plane %s must be a 2-D uint8 numpy array" % name)
-            if plane.strides[1] != 1:
-                raise ValueError("on_captured_i420() plane %s must have contiguous rows" % name)
+            if plane.strides[1] != 1 or plane.strides[0] < plane.shape[1]:
+                raise ValueError("on_captured_i420() plane %s must have contiguous rows going down (a row stride "
+                                 ">= its width), got strides %s" % (name, plane.strides))
             planes.append(plane)
         height, width = planes[0].shape
         cw, ch = (width + 1) // 2, (height + 1) // 2
@@ -85,9 +102,9 @@ class SoraVideoSource(SoraTrackInterface):
         with self._context.use():
             check(lib.sora_video_source_push_i420(
                 self._ptr,
-                ffi.from_buffer(planes[0]), planes[0].strides[0],
-                ffi.from_buffer(planes[1]), planes[1].strides[0],
-                ffi.from_buffer(planes[2]), planes[2].strides[0],
+                _rows(planes[0]), planes[0].strides[0],
+                _rows(planes[1]), planes[1].strides[0],
+                _rows(planes[2]), planes[2].strides[0],
                 width, height, ts_us), "on_captured_i420")
 
     def _frames(self) -> int:

@@ -24,10 +24,15 @@ def _write_private(path: str, data: bytes) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sora_sdk.testing",
-                                     description="Local Sora-compatible signaling server (loopback).")
+    parser = argparse.ArgumentParser(
+        prog="python -m sora_sdk.testing",
+        description="Local Sora-compatible server (signaling, REST API, browser viewer) on loopback. On start it "
+                    "prints its URLs, one per line: signaling_url=ws://HOST:PORT/signaling, api_url=..., and "
+                    "viewer_url=... (a page that watches a channel); then it serves until Ctrl-C or SIGTERM.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="TCP port for all of it (default 0: a free port is picked; the URLs printed at "
+                             "start name it)")
     parser.add_argument("--secret", default=None, help="require HS256 JWTs signed with this secret")
     parser.add_argument("--signaling-key", default=None, help="require metadata.signaling_key to equal this")
     parser.add_argument("--redirect-to", default=None, help="answer connects with a redirect to this URL")

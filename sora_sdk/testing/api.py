@@ -1,19 +1,24 @@
 """The REST API of the local Sora server.
 
-Requests are ``POST`` with the header ``x-sora-target: Sora_20151104.<Action>``
-and a JSON object body; responses are JSON. Supported actions:
+Requests are ``POST`` with the header ``x-sora-target: Sora_<version>.<Action>``
+and a JSON object body; responses are JSON. Each action is served under the
+version Sora's API names it with (as Sora's documentation and the official SDKs'
+end-to-end tests call them), and, for programs written against earlier
+versions of this server, also under ``Sora_20151104``:
 
-* ``DisconnectConnection`` {channel_id, connection_id} -> {}
+* ``Sora_20151104.DisconnectConnection`` {channel_id, connection_id} -> {}
   (the client's WebSocket is closed with 1000 "DISCONNECTED-API")
-* ``PushChannel`` {channel_id, data} -> {}
-* ``PushConnection`` {channel_id, connection_id, data} -> {}
-* ``RequestKeyFrame`` {channel_id, connection_id} -> {}
-* ``GetStatsConnection`` {channel_id, connection_id} -> stats of the server peer
-* ``ListChannelConnections`` {channel_id} -> [connection, ...]
-* ``ListConnections`` {} -> [connection, ...] (every channel)
+* ``Sora_20160711.PushChannel`` {channel_id, data} -> {}
+* ``Sora_20160711.PushConnection`` {channel_id, connection_id, data} -> {}
+* ``Sora_20241218.RequestKeyFrame`` {channel_id, connection_id} -> {}
+* ``Sora_20170529.GetStatsConnection`` {channel_id, connection_id} -> stats of the server peer
+* ``Sora_20201013.ListChannelConnections`` {channel_id} -> [connection, ...]
+* ``Sora_20201013.ListConnections`` {} -> [connection, ...] (every channel)
 
 Errors are ``400`` (or ``404`` for an unknown connection) with
-``{"error_type": ..., "message": ...}``.
+``{"error_type": ..., "message": ...}``; a target that is not one of the above
+(an unknown action, or a known one under another version) is ``400``
+``INVALID-TARGET``.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ from typing import Any, Dict, Tuple
 
 from .session import decode_json
 
-TARGET_PREFIX = "Sora_20151104."
+# The version every action is also served under (this server's first form).
+LEGACY_VERSION = "20151104"
 MAX_BODY = 1 << 20
 
 
@@ -97,15 +103,28 @@ def _list_all(sora, body):
     return sora.connections()
 
 
+# action -> (its version in Sora's API, handler)
 ACTIONS = {
-    "DisconnectConnection": _disconnect,
-    "PushChannel": _push_channel,
-    "PushConnection": _push_connection,
-    "RequestKeyFrame": _request_key_frame,
-    "GetStatsConnection": _get_stats,
-    "ListChannelConnections": _list_channel,
-    "ListConnections": _list_all,
+    "DisconnectConnection": ("20151104", _disconnect),
+    "PushChannel": ("20160711", _push_channel),
+    "PushConnection": ("20160711", _push_connection),
+    "RequestKeyFrame": ("20241218", _request_key_frame),
+    "GetStatsConnection": ("20170529", _get_stats),
+    "ListChannelConnections": ("20201013", _list_channel),
+    "ListConnections": ("20201013", _list_all),
 }
+
+
+def targets() -> Dict[str, str]:
+    """Every accepted ``x-sora-target`` -> its action."""
+    out = {}
+    for action, (version, _) in ACTIONS.items():
+        for accepted in (version, LEGACY_VERSION):
+            out["Sora_%s.%s" % (accepted, action)] = action
+    return out
+
+
+TARGETS = targets()
 
 
 def handle(sora, method: str, headers: Dict[str, str], body: bytes) -> Tuple[int, Any]:
@@ -114,11 +133,11 @@ def handle(sora, method: str, headers: Dict[str, str], body: bytes) -> Tuple[int
         if method != "POST":
             raise ApiError(405, "METHOD-NOT-ALLOWED", "the API only accepts POST")
         target = headers.get("x-sora-target", "")
-        if not target.startswith(TARGET_PREFIX):
-            raise ApiError(400, "INVALID-TARGET", "x-sora-target must be %s<Action>" % TARGET_PREFIX)
-        action = ACTIONS.get(target[len(TARGET_PREFIX):])
-        if action is None:
-            raise ApiError(400, "UNKNOWN-ACTION", "unknown action %s" % target[len(TARGET_PREFIX):])
+        name = TARGETS.get(target)
+        if name is None:
+            raise ApiError(400, "INVALID-TARGET", "unknown x-sora-target %r (known: %s)"
+                           % (target[:100], ", ".join("Sora_%s.%s" % (v, a) for a, (v, _) in ACTIONS.items())))
+        action = ACTIONS[name][1]
         try:
             parsed = decode_json(body) if body.strip() else {}
         except (UnicodeDecodeError, ValueError) as exc:

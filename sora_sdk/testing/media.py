@@ -123,6 +123,7 @@ import numpy as np
 from .._ffi import ffi, lib
 from ..media.sink import EngineSink
 from ..peer import SDES_MID, SDES_RID, Forward
+from .codec_sdp import offer_codecs
 from .filters import forwarded
 
 log = logging.getLogger("sora_sdk.testing")
@@ -181,15 +182,26 @@ def rid_ok(value: Any) -> bool:
     return isinstance(value, str) and _RID_RE.match(value) is not None
 
 
-def default_encodings(bit_rate_kbps: Any = None) -> List[Dict[str, Any]]:
-    """Sora's three layers: r0 at 1/4 size, r1 at 1/2, r2 full, maxBitrate sharing the bit rate by area."""
+# Codecs whose encoder libwebrtc runs as one SVC encoder unless each encoding names a
+# scalabilityMode: without it a VP9 or AV1 sender sends one stream (r0) instead of three layers.
+SVC_CODECS = ("VP9", "AV1")
+SIMULCAST_SCALABILITY_MODE = "L1T1"
+
+
+def default_encodings(bit_rate_kbps: Any = None, codec: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Sora's three layers: r0 at 1/4 size, r1 at 1/2, r2 full, maxBitrate sharing the bit rate by area;
+    for VP9 and AV1 each layer also carries ``scalabilityMode`` L1T1 (see SVC_CODECS)."""
     rate = bit_rate_kbps if isinstance(bit_rate_kbps, (int, float)) and not isinstance(bit_rate_kbps, bool) \
         and bit_rate_kbps > 0 else DEFAULT_VIDEO_BIT_RATE
     total = rate * 1000
     area = sum(1.0 / (scale * scale) for scale in SCALES)
-    return [{"rid": rid, "active": True, "scaleResolutionDownBy": scale,
-             "maxBitrate": max(int(total / (scale * scale) / area), 30000)}
-            for rid, scale in zip(RIDS, SCALES)]
+    out = [{"rid": rid, "active": True, "scaleResolutionDownBy": scale,
+            "maxBitrate": max(int(total / (scale * scale) / area), 30000)}
+           for rid, scale in zip(RIDS, SCALES)]
+    if isinstance(codec, str) and codec.upper() in SVC_CODECS:
+        for encoding in out:
+            encoding["scalabilityMode"] = SIMULCAST_SCALABILITY_MODE
+    return out
 
 
 def session_encodings(session) -> List[Dict[str, Any]]:
@@ -197,7 +209,7 @@ def session_encodings(session) -> List[Dict[str, Any]]:
     override = getattr(session, "simulcast_encodings", None)
     if override:
         return [dict(e) for e in override]
-    return default_encodings(session.video_bit_rate)
+    return default_encodings(session.video_bit_rate, getattr(session, "video_codec_type", None))
 
 
 def simulcast_caps(caps: str, encodings: List[Dict[str, Any]]) -> str:
@@ -370,8 +382,62 @@ def placeholder_offer(session, sdp: str) -> str:
 
 
 def placeholder_answer(session, sdp: str) -> str:
-    """The client's answer as applied to its server peer (placeholders need no change)."""
-    return sdp
+    """The client's answer as applied to its server peer: rejected m-lines kept in place (`keep_rejected`)."""
+    return keep_rejected(session, sdp)
+
+
+def keep_rejected(session, sdp: str) -> str:
+    """`sdp` (a client's answer) with each rejected m-line (port 0) applied as ``inactive`` instead; the
+    rejected mids are stored in ``session.rejected_mids``.
+
+    A client rejects an m-line it cannot use, e.g. a slot whose codec its preference cannot decode.
+    GStreamer 1.22's webrtcbin, given a port-0 answer section, drops that transceiver's mid but keeps
+    its m-line index; the next offer it builds then either fails ("has locked mline N but the offer
+    only has M sections") or aborts the whole process (the assertion ``trans->mline == -1 ||
+    trans->mline == media_idx`` in ``sdp_media_from_transceiver``), once a sender leaves. Applied as
+    ``inactive`` (same mid, same index, in the BUNDLE group), the section stays where it is in every
+    later offer, as JSEP asks, and the slot is never forwarded (`Slot` state ``rejected``)."""
+    head, sections = split_sections(sdp)
+    rejected: List[str] = []
+    # The transport lines of the BUNDLE (libwebrtc writes other ones, or none, in a rejected section).
+    shared = ("a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:", "a=setup:")
+    accepted = next((sec for sec in sections if len(sec[0].split(" ")) > 1 and sec[0].split(" ")[1] != "0"), [])
+    transport = [line for line in accepted if line.startswith(shared)]
+    for section in sections:
+        parts = section[0].split(" ")
+        if len(parts) < 2 or parts[1] != "0" or section_kind(section) not in ("audio", "video"):
+            continue
+        mid = section_attr(section, "mid")
+        if mid is None:
+            continue
+        rejected.append(mid)
+        parts[1] = "9"
+        section[0] = " ".join(parts)
+        section[:] = [line for line in section if line not in ("a=sendonly", "a=recvonly", "a=sendrecv",
+                                                               "a=inactive", "a=bundle-only")
+                      and not line.startswith(shared)]
+        section.extend(transport)
+        section.append("a=inactive")
+    session.rejected_mids = tuple(rejected)
+    if not rejected:
+        return sdp
+    for i, line in enumerate(head):
+        if line.startswith("a=group:BUNDLE"):
+            present = line.split()[1:]
+            head[i] = " ".join(["a=group:BUNDLE"] + present + [m for m in rejected if m not in present])
+    return join_sections(head, sections)
+
+
+def settle_slots(receiver) -> None:
+    """(lock held) The slot states once the client's (re-)answer is applied: offered -> active, or
+    rejected if the client rejected its m-line (and back to active if a later answer accepts it);
+    stopped -> inactive."""
+    rejected = getattr(receiver.session, "rejected_mids", ())
+    for slot in receiver.slots:
+        if slot.state in ("offered", "active", "rejected"):
+            slot.state = "rejected" if slot.mid is not None and slot.mid in rejected else "active"
+        elif slot.state == "stopped":
+            slot.state = "inactive"
 
 
 def sender_track_info(answer_sdp: Optional[str]) -> Dict[str, Tuple[Optional[str], Optional[int]]]:
@@ -415,8 +481,10 @@ class Slot:
     """One sendonly transceiver of a receiver's server peer, carrying one track of one sender.
 
     states: ``offered`` (in an offer not answered yet), ``active`` (negotiated;
-    forwarding once the sender's track is there), ``stopped`` (the sender left:
-    set inactive, waiting for the next offer), ``inactive`` (negotiated inactive).
+    forwarding once the sender's track is there), ``rejected`` (the client answered
+    the m-line with port 0, e.g. a codec it cannot decode: kept, never forwarded; see
+    `keep_rejected`), ``stopped`` (the sender left: set inactive, waiting for the
+    next offer), ``inactive`` (negotiated inactive).
     """
 
     __slots__ = ("sender_id", "kind", "codec", "caps", "payload_type", "track_label", "ssrc", "index",
@@ -443,7 +511,7 @@ class Slot:
 
     @property
     def live(self) -> bool:
-        return self.state in ("offered", "active")
+        return self.state in ("offered", "active", "rejected")
 
     def __repr__(self) -> str:
         return "Slot(%s %s/%s m=%s %s)" % (self.sender_id[:6], self.kind, self.codec, self.mline, self.state)
@@ -718,9 +786,7 @@ class MediaRouter:
             receiver = self._receivers.get(session.connection_id)
             if receiver is not None and received_kinds(session):
                 receiver.joined = True
-                for slot in receiver.slots:
-                    if slot.state == "offered":
-                        slot.state = "active"
+                settle_slots(receiver)
             else:
                 receiver = None
         if receiver is not None:
@@ -997,12 +1063,11 @@ class MediaRouter:
         with self._lock:
             receiver.negotiating = False
             if ok:
-                for slot in receiver.slots:
-                    if slot.state == "offered":
-                        slot.state = "active"
-                    elif slot.state == "stopped":
-                        slot.state = "inactive"
+                settle_slots(receiver)
         if ok:
+            for slot in receiver.slots:
+                if slot.state == "rejected":
+                    self._stop_forward(slot)
             self._start_forwards(receiver)
         if receiver.dirty or not ok:
             receiver.dirty = False
@@ -1081,6 +1146,7 @@ class MediaRouter:
             return
         # (b=AS again: a description without it lifts a libwebrtc sender's limit)
         sdp = bandwidth_offer(session, placeholder_offer(session, self._decorate(receiver, sdp)))
+        sdp = offer_codecs(session, sdp)
         receiver.negotiating = True
         receiver.generation += 1
         receiver.re_offers += 1

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import websocket
 from ..peer import Peer
 from . import filters
+from .codec_sdp import OpusParamsError, check_opus_params, offer_codecs
 from .auth import AuthError, authenticate
 from .channel import new_id, timestamp
 from .media import AUDIO_CAPS, VIDEO_CAPS  # noqa: F401  (re-exported)
@@ -103,6 +104,7 @@ class Session:
         self.video_codec_type: Optional[str] = None
         self.video_bit_rate = None
         self.audio_bit_rate = None
+        self.opus_params: Optional[Dict[str, Any]] = None  # audio.opus_params (codec_sdp.py)
         self.simulcast = False
         # Simulcast / spotlight (see media.py): the receiver's choices, and what a sending
         # connection's offer asks of it ("encodings": the auth override or media.default_encodings).
@@ -128,6 +130,7 @@ class Session:
         # a=mid of a recvonly connection's own placeholder m-lines: sendonly, with
         # the connection's own id as msid in the offer text (see media.mark_own_placeholders).
         self.placeholder_mids: Tuple[str, ...] = ()
+        self.rejected_mids: Tuple[str, ...] = ()  # m-lines the client's last answer rejected (port 0)
         self.state = "connecting"
         self.created_timestamp = timestamp()
         self.last_pong: Optional[float] = None
@@ -402,6 +405,10 @@ class Session:
             if audio.get("codec_type") is not None:
                 audio_codec = audio.get("codec_type")
             self.audio_bit_rate = audio.get("bit_rate")
+            try:
+                self.opus_params = check_opus_params(audio.get("opus_params"))
+            except OpusParamsError as exc:
+                raise Reject(CLOSE_BAD_MESSAGE, "INVALID-AUDIO-OPUS-PARAMS", str(exc))
         self.simulcast = msg.get("simulcast") is True
         try:
             self.forwarding_filters = filters.from_connect(msg)
@@ -577,7 +584,7 @@ class Session:
                 self.placeholder_mids = own_media_mids(sdp, own)
             if channel is not None:
                 sdp = channel.media.decorate_offer(self, sdp)
-            sdp = bandwidth_offer(self, placeholder_offer(self, sdp))
+            sdp = offer_codecs(self, bandwidth_offer(self, placeholder_offer(self, sdp)))
         except Exception as exc:
             log.error("session %s: cannot build the offer: %s", self.connection_id, exc)
             self.terminate(CLOSE_INTERNAL, "INTERNAL-ERROR")
@@ -743,7 +750,12 @@ class Session:
             if channel is not None:
                 channel.media.rtp_packet(self, event)
         elif name == "error":
-            log.warning("session %s: engine error: %s (%s)", self.connection_id, event.str0, event.str1)
+            with self._lock:
+                ending = self._ending
+            # (once the connection ends, the client's transport goes first: the SCTP encoder's failed writes
+            # are the normal end, not a warning)
+            (log.debug if ending else log.warning)("session %s: engine error: %s (%s)", self.connection_id,
+                                                    event.str0, event.str1)
 
     def _on_dc_open(self, event) -> None:
         label = event.str0

@@ -47,8 +47,8 @@ def find_bundle(explicit: Optional[str] = None) -> Optional[Path]:
 
 
 def handles(method: str, path: str) -> bool:
-    """Whether ``method path`` (query removed) is a viewer request."""
-    return method in ("GET", "HEAD") and (path == "/viewer" or path.startswith("/viewer/"))
+    """Whether ``method path`` (query removed) is a viewer request (browsers also ask for /favicon.ico)."""
+    return method in ("GET", "HEAD") and (path in ("/viewer", "/favicon.ico") or path.startswith("/viewer/"))
 
 
 def serve(path: str, query: str, bundle: Optional[str] = None) -> Tuple[int, str, bytes, Dict[str, str]]:
@@ -60,6 +60,8 @@ def serve(path: str, query: str, bundle: Optional[str] = None) -> Tuple[int, str
 def _serve(path: str, query: str, bundle: Optional[str]) -> Tuple[int, str, bytes, Dict[str, str]]:
     if path == "/viewer":  # relative links in the page need the slash
         return 301, TEXT, b"moved\n", {"Location": "/viewer/" + ("?" + query if query else "")}
+    if path == "/favicon.ico":  # no icon, and no error in the browser's console either
+        return 204, TEXT, b"", {}
     if path == "/viewer/sora.js":
         found = find_bundle(bundle)
         if found is None:

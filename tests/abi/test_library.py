@@ -229,6 +229,7 @@ aus = aspp[0]
 peerpp2 = ffi.new("sora_peer **")
 assert lib.sora_peer_create(ctx, cfg, peer_router2.callbacks, peerpp2) == 0
 peer2 = peerpp2[0]
+u64 = ffi.new("uint64_t *")
 sink_router = EventRouter(lambda e: None)
 try:
     sink_cfg = ffi.new("sora_sink_config *")
@@ -274,6 +275,10 @@ NULL_CALLS = [
      INVALID_ARGUMENT, True),
     ("sora_peer_send_data(NULL)", "lib.sora_peer_send_data(NULL, 0, buf, 4, 1)", INVALID_ARGUMENT, True),
     ("sora_peer_close_data_channel(NULL)", "lib.sora_peer_close_data_channel(NULL, 0)", INVALID_ARGUMENT, True),
+    ("sora_peer_data_channel_buffered_amount(NULL)", "lib.sora_peer_data_channel_buffered_amount(NULL, 0, u64)",
+     INVALID_ARGUMENT, True),
+    ("sora_peer_data_channel_buffered_amount(out=NULL)", "lib.sora_peer_data_channel_buffered_amount(peer, 0, NULL)",
+     INVALID_ARGUMENT, True),
     ("sora_peer_open_data_channel_count(NULL)", "lib.sora_peer_open_data_channel_count(NULL)",
      INVALID_ARGUMENT, True),
     ("sora_peer_get_stats(NULL)", "lib.sora_peer_get_stats(NULL, charpp)", INVALID_ARGUMENT, True),

@@ -257,3 +257,84 @@ def test_transform_left_to_the_context_is_destroyed_with_it():
     t = Transform(c)
     c.destroy()
     assert t.destroyed.wait(5), "context destroy did not destroy the transform"
+
+
+# ---- ownership (sora_c.h "Ownership"): sinks outlive their context, callbacks may stop anything ----------------
+
+def test_sink_destroyed_after_its_context(ctx):
+    """A sink is its owner's to destroy even after sora_context_destroy: the call succeeds and on_destroy runs
+    exactly once, with no frame after it."""
+    a, b, pump, track = receiving(ctx)
+    frames = Frames()
+    sink = make_sink(a, track, frames)
+    assert wait_until(lambda: frames.count >= 2, 10)
+    pump.stop()
+    for p in ctx.peers:
+        p.remote = None
+    ctx.destroy()
+    assert not frames.destroyed.is_set(), "on_destroy ran before the owner destroyed the sink"
+    expect(lib.sora_sink_destroy(sink), OK, "sora_sink_destroy after sora_context_destroy")
+    assert frames.destroyed.wait(5), "the sink's on_destroy never ran"
+    assert frames.after_destroy == 0
+
+
+def test_context_destroyed_while_a_frame_callback_blocks(ctx):
+    """sora_context_destroy while a sink callback is blocked in another thread: the context goes, the callback's
+    frame stays valid, and the sink (destroyed later) gets on_destroy only after the callback returned."""
+    a, b, pump, track = receiving(ctx)
+    inside, release, returned = threading.Event(), threading.Event(), threading.Event()
+    order = []
+
+    def on_event(event) -> None:
+        if event.type == lib.SORA_EVENT_VIDEO_FRAME and not inside.is_set():
+            inside.set()
+            release.wait(30)
+            assert len(bytes(ffi.buffer(event.ptr, event.size))) == event.size  # the frame is still mapped
+            order.append("callback returned")
+            returned.set()
+        if event.ref != ffi.NULL:
+            lib.sora_c_release(event.ref)
+
+    router = EventRouter(on_event, lambda: order.append("on_destroy"))
+    cfg = ffi.new("sora_sink_config *")
+    cfg.format = lib.SORA_SINK_VIDEO_BGR
+    out = ffi.new("sora_sink **")
+    expect(lib.sora_sink_create(a.ptr, track, cfg, router.callbacks, out), OK, "sora_sink_create")
+    assert inside.wait(10)
+    pump.stop()
+    for p in ctx.peers:
+        p.remote = None
+    ctx.destroy()
+    # from another thread the destroy waits (bounded) for the callback, which is still blocked: it returns anyway
+    done = threading.Event()
+    threading.Thread(target=lambda: (lib.sora_sink_destroy(out[0]), done.set()), daemon=True).start()
+    assert done.wait(15), "sora_sink_destroy waited for a blocked callback without a bound"
+    assert order == [], order
+    release.set()
+    assert returned.wait(5)
+    assert wait_until(lambda: order == ["callback returned", "on_destroy"], 5), order
+
+
+def test_sink_destroyed_inside_its_own_frame_callback(ctx):
+    a, b, pump, track = receiving(ctx)
+    frames = Frames()
+    holder = {}
+
+    def on_event(event) -> None:
+        frames._on_event(event)
+        if frames.count == 3:
+            holder["rc"] = lib.sora_sink_destroy(holder["sink"])
+
+    router = EventRouter(on_event, frames._on_destroy)
+    frames.router = router
+    cfg = ffi.new("sora_sink_config *")
+    cfg.format = lib.SORA_SINK_VIDEO_I420
+    out = ffi.new("sora_sink **")
+    expect(lib.sora_sink_create(a.ptr, track, cfg, router.callbacks, out), OK, "sora_sink_create")
+    holder["sink"] = out[0]
+    try:
+        assert frames.destroyed.wait(10), "on_destroy never ran after a destroy inside the callback"
+    finally:
+        pump.stop()
+    assert holder["rc"] == OK
+    assert frames.count == 3 and frames.after_destroy == 0
