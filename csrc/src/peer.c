@@ -902,6 +902,15 @@ GstPad *sora_peer_request_send_pad(sora_peer *peer, gint mline, GstCaps *rtp_cap
    * (1.22 makes one for the pad and associates it with the m-line in the answer). */
   GstWebRTCRTPTransceiver *trans = associated_transceiver(peer, mline);
   apply_direction(peer, mline, trans);
+  /* No direction set yet (a caller that sets it after attaching, as the C ABI allows): a transceiver that does not
+   * send is let send for the request (recvonly -> sendrecv, inactive -> sendonly); the caller's later
+   * sora_peer_set_direction decides what the answer says. */
+  GstWebRTCRTPTransceiverDirection dir = GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_NONE;
+  if (trans) g_object_get(trans, "direction", &dir, NULL);
+  if (trans && dir == GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_RECVONLY)
+    g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDRECV, NULL);
+  else if (trans && dir != GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY && dir != GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDRECV)
+    g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY, NULL);
   char name[32];
   g_snprintf(name, sizeof name, "sink_%d", mline);
   GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(peer->webrtc), "sink_%u");
