@@ -1,6 +1,6 @@
 # sora_sdk — build, test and demo entry points.
 #
-#   make setup            apt packages (vendor/debian-packages.txt) + .venv + .venv-pypy + web
+#   make setup            apt packages (vendor/debian-packages*.txt) + .venv + .venv-pypy + web
 #   make web              sora-js-sdk (npm) into vendor/npm for the local server's /viewer/ page
 #   make build            build/libsora_c.so -> sora_sdk/libsora_c.so + cffi module
 #   make test             setup + build + pytest (CPython venv)
@@ -41,21 +41,21 @@ PYPY_VENV := .venv-pypy
 STAMP     := .sora-setup.stamp
 SETUP_VENVS ?= $(CPY_VENV) $(PYPY_VENV)
 
-# Pinned Python packages. numpy 2.0.2 is the newest numpy with PyPy 3.9
-# (pp39-pypy39_pp73 manylinux) wheels, so both venvs use the same numpy.
-NUMPY_VERSION ?= 2.0.2
-PIP_COMMON   := numpy==$(NUMPY_VERSION) pytest==8.4.2 pytest-timeout==2.4.0 setuptools==75.3.2
-PIP_CPYTHON  := $(PIP_COMMON) cffi==1.17.1
-# (no cffi for PyPy: cffi 1.15.1 is built into it)
-PIP_PYPY     := $(PIP_COMMON)
+# Pinned Python packages: vendor/python-requirements.txt, installed into both venvs. Its pins follow the
+# interpreter with pip environment markers (numpy 2.0.2 for Debian 12's CPython 3.11 and PyPy 3.9, numpy 2.3.5
+# for Debian 13's CPython 3.13 and PyPy 3.11; cffi for CPython only: PyPy has it built in).
+PIP_PINS     := vendor/python-requirements.txt
 PIP_EXTRA    ?=
 EXTRA_REQS   := $(wildcard requirements-dev.txt)
 PIP_FLAGS    := --disable-pip-version-check --no-input --progress-bar off
 export PIP_ROOT_USER_ACTION := ignore
 
-# Debian packages (comments stripped).
+# Debian packages (comments stripped): the list both releases share plus the one of the release this machine
+# runs, which /etc/os-release names (DEB_RELEASE=bookworm|trixie overrides it).
+DEB_RELEASE  ?= $(shell . /etc/os-release 2>/dev/null && echo "$${VERSION_CODENAME:-}")
 DEB_LIST     := vendor/debian-packages.txt
-DEB_PACKAGES := $(shell sed -e 's/\#.*//' $(DEB_LIST) 2>/dev/null)
+DEB_RELEASE_LIST := vendor/debian-packages-$(or $(DEB_RELEASE),unknown).txt
+DEB_PACKAGES := $(shell sed -e 's/\#.*//' $(DEB_LIST) $(wildcard $(DEB_RELEASE_LIST)) 2>/dev/null)
 SKIP_APT     ?=
 
 # ---------------------------------------------------------------------------
@@ -115,7 +115,11 @@ apt-packages:
 	@if [ -n "$(SKIP_APT)" ]; then echo "setup: SKIP_APT set, not checking Debian packages"; exit 0; fi
 	@if [ -z "$(strip $(DEB_PACKAGES))" ]; then echo "setup: $(DEB_LIST) is missing or empty" >&2; exit 1; fi
 	@if ! command -v dpkg-query >/dev/null; then \
-	    echo "setup: dpkg-query not found; this Makefile targets Debian 12. Install the packages in $(DEB_LIST) yourself and use SKIP_APT=1" >&2; exit 1; fi
+	    echo "setup: dpkg-query not found; this Makefile targets Debian 12 and 13. Install the packages in $(DEB_LIST) yourself and use SKIP_APT=1" >&2; exit 1; fi
+	@if [ ! -f "$(DEB_RELEASE_LIST)" ]; then \
+	    echo "setup: Debian release '$(DEB_RELEASE)' (/etc/os-release) is not supported: there is no $(DEB_RELEASE_LIST)." \
+	         "Supported: $(patsubst vendor/debian-packages-%.txt,%,$(wildcard vendor/debian-packages-*.txt))." \
+	         "Set DEB_RELEASE=<one of them> to try its list, or SKIP_APT=1 to manage the packages yourself" >&2; exit 1; fi
 	@installed=$$(dpkg-query -W -f='$${Package} $${db:Status-Status}\n' $(DEB_PACKAGES) 2>/dev/null \
 	              | awk '$$2 == "installed" {print $$1}' | sort -u || true); \
 	missing=$$(comm -23 <(printf '%s\n' $(DEB_PACKAGES) | sort -u) <(printf '%s\n' "$$installed")); \
@@ -135,22 +139,22 @@ venvs: $(addsuffix /$(STAMP),$(SETUP_VENVS))
 # (Re)creates the venv when its python is missing or broken, then installs the
 # pinned packages. The stamp is refreshed when the Makefile or
 # requirements-dev.txt changes.
-$(CPY_VENV)/$(STAMP): Makefile $(EXTRA_REQS) | apt-packages
+$(CPY_VENV)/$(STAMP): Makefile $(PIP_PINS) $(EXTRA_REQS) | apt-packages
 	@if ! $(CPY_VENV)/bin/python -c 'import sys' >/dev/null 2>&1; then \
 	    command -v $(CPYTHON) >/dev/null || { echo "setup: $(CPYTHON) not found on PATH" >&2; exit 1; }; \
 	    $(CPYTHON) -c 'import sys, platform; assert platform.python_implementation() == "CPython" and sys.version_info >= (3, 9), sys.version' \
-	      || { echo "setup: $(CPYTHON) must be CPython >= 3.9 (3.11 recommended)" >&2; exit 1; }; \
+	      || { echo "setup: $(CPYTHON) must be CPython >= 3.9 (Debian 12: 3.11, Debian 13: 3.13)" >&2; exit 1; }; \
 	    echo "setup: creating $(CPY_VENV) with $$(command -v $(CPYTHON)) ($$($(CPYTHON) -V 2>&1))"; \
 	    rm -rf $(CPY_VENV); \
 	    $(CPYTHON) -m venv $(CPY_VENV) || { rm -rf $(CPY_VENV); \
 	      echo "setup: '$(CPYTHON) -m venv' failed; on Debian install python3-venv (listed in $(DEB_LIST))" >&2; exit 1; }; \
 	fi
-	$(CPY_VENV)/bin/python -m pip install $(PIP_FLAGS) $(PIP_CPYTHON) $(PIP_EXTRA)
+	$(CPY_VENV)/bin/python -m pip install $(PIP_FLAGS) -r $(PIP_PINS) $(PIP_EXTRA)
 	$(if $(EXTRA_REQS),$(CPY_VENV)/bin/python -m pip install $(PIP_FLAGS) -r $(EXTRA_REQS))
 	$(CPY_VENV)/bin/python -c 'import numpy, cffi, pytest, pytest_timeout; print("setup: $(CPY_VENV):", __import__("sys").version.split()[0], "numpy", numpy.__version__, "cffi", cffi.__version__)'
 	@touch $@
 
-$(PYPY_VENV)/$(STAMP): Makefile $(EXTRA_REQS) | apt-packages
+$(PYPY_VENV)/$(STAMP): Makefile $(PIP_PINS) $(EXTRA_REQS) | apt-packages
 	@if ! $(PYPY_VENV)/bin/python -c 'import sys' >/dev/null 2>&1; then \
 	    command -v $(PYPY) >/dev/null || { echo "setup: $(PYPY) not found on PATH (Debian package pypy3)" >&2; exit 1; }; \
 	    echo "setup: creating $(PYPY_VENV) with $$(command -v $(PYPY))"; \
@@ -158,7 +162,7 @@ $(PYPY_VENV)/$(STAMP): Makefile $(EXTRA_REQS) | apt-packages
 	    $(PYPY) -m venv $(PYPY_VENV) || { rm -rf $(PYPY_VENV); \
 	      echo "setup: '$(PYPY) -m venv' failed; on Debian install pypy3-venv (listed in $(DEB_LIST))" >&2; exit 1; }; \
 	fi
-	$(PYPY_VENV)/bin/python -m pip install $(PIP_FLAGS) $(PIP_PYPY) $(PIP_EXTRA)
+	$(PYPY_VENV)/bin/python -m pip install $(PIP_FLAGS) -r $(PIP_PINS) $(PIP_EXTRA)
 	$(if $(EXTRA_REQS),$(PYPY_VENV)/bin/python -m pip install $(PIP_FLAGS) -r $(EXTRA_REQS))
 	$(PYPY_VENV)/bin/python -c 'import sys, numpy, cffi, pytest, pytest_timeout; assert sys.implementation.name == "pypy"; print("setup: $(PYPY_VENV): PyPy", sys.version.split()[0], "numpy", numpy.__version__, "cffi", cffi.__version__)'
 	@touch $@

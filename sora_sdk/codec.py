@@ -877,7 +877,7 @@ def _load_openh264(path: str) -> Optional[str]:
 
     Raises ValueError naming the path when it cannot be used.
     """
-    # A bare file name ("libopenh264.so.7") goes through the dynamic linker's
+    # A bare file name ("libopenh264.so.8") goes through the dynamic linker's
     # search path, as dlopen() does; anything with a directory must exist.
     bare_name = os.sep not in path and not os.path.exists(path)
     if not bare_name and not os.path.exists(path):
@@ -939,10 +939,33 @@ def bind_openh264(path: str) -> bool:
     mapped = _mapped_openh264()
     others = [m for m in mapped if m != wanted]
     if wanted not in mapped or others:
+        engine = sorted({_openh264_soname(m) for m in others}) or [_openh264_soname(system_openh264() or "")]
         raise ValueError("OpenH264 %r cannot be used for sending: the engine's OpenH264 encoder uses %s (it needs "
-                         "a library with the soname libopenh264.so.7, loaded before any other OpenH264)"
-                         % (path, ", ".join(others) or "none"))
+                         "a library with the soname %s, loaded before any other OpenH264)"
+                         % (path, ", ".join(others) or "none", " or ".join(engine)))
     return True
+
+
+def system_openh264() -> Optional[str]:
+    """The path of the OpenH264 that the dynamic linker finds on this system, by its soname link
+    (``libopenh264.so.<N>``: ``.so.7`` on Debian 12, ``.so.8`` on Debian 13, the highest when several), or None."""
+    found = {}
+    for directory in _library_dirs():
+        for path in glob.glob(os.path.join(directory, "libopenh264.so.*")):
+            major = path.rsplit(".so.", 1)[1]
+            if major.isdigit() and os.path.isfile(path):
+                found.setdefault(int(major), path)
+    return found[max(found)] if found else None
+
+
+def _openh264_soname(path: str) -> str:
+    """The soname link (``libopenh264.so.<N>``) next to the OpenH264 library at ``path``; a generic name if none."""
+    if path:
+        real = os.path.realpath(path)
+        for link in sorted(glob.glob(os.path.join(os.path.dirname(real), "libopenh264.so.*"))):
+            if link.rsplit(".so.", 1)[1].isdigit() and os.path.realpath(link) == real:
+                return os.path.basename(link)
+    return "libopenh264.so.<N> of the engine's OpenH264 plugin"
 
 
 def _resolved_library(path: str) -> str:
@@ -1126,7 +1149,7 @@ def get_video_codec_capability(openh264: Optional[str] = None) -> SoraVideoCodec
     * ``cisco_openh264``: only when ``openh264`` names an OpenH264 library;
       a path that does not exist or cannot be loaded raises ``ValueError``
       naming it (the official SDK silently drops the engine instead).  A
-      bare file name (``"libopenh264.so.7"``) is looked up like dlopen()
+      bare file name (``"libopenh264.so.8"``) is looked up like dlopen()
       does; an empty string counts as "no path".
     * ``intel_vpl`` / ``nvidia_video_codec_sdk``: when GStreamer registered
       their (hardware) elements.

@@ -387,12 +387,15 @@ class Peer:
 
     def _add_simulcast_stats(self, raw: List[dict]) -> None:
         """Tag each simulcast layer's outbound-rtp with its layer ("sora-simulcast"); list the layers the
-        engine has not reported (paused ones, or none sent yet) with zero counts, as libwebrtc does."""
+        engine has not reported with the RTP session's counts ("sora-rtp-senders"; zero for paused ones or none
+        sent yet), as libwebrtc lists every encoding."""
         layers = self.simulcast_layers()
         active = {}
         for layer in layers.values():
             active[layer["mline"]] = active.get(layer["mline"], 0) + (1 if layer["active"] else 0)
         seen = set()
+        # what the RTP sessions counted for each stream we send (the engine lists no layer but one in 1.26)
+        senders = next((i for i in raw if i.get("gst-name") == "sora-rtp-senders"), {})
         for item in raw:
             layer = layers.get(item.get("ssrc")) if item.get("type") == "outbound-rtp" else None
             if layer is not None:
@@ -400,9 +403,10 @@ class Peer:
                 seen.add(layer["ssrc"])
         for ssrc, layer in layers.items():
             if ssrc not in seen:
+                counted = senders.get("ssrc-%d" % ssrc) or {}
                 raw.append({"gst-name": "outbound-rtp", "type": "outbound-rtp",
                             "id": "rtp-outbound-stream-stats_%d" % ssrc, "ssrc": ssrc, "kind": "video",
-                            "bytes-sent": 0, "packets-sent": 0,
+                            "bytes-sent": counted.get("bytes-sent", 0), "packets-sent": counted.get("packets-sent", 0),
                             "sora-simulcast": dict(layer, active_layers=active[layer["mline"]])})
 
     def close(self) -> None:

@@ -217,7 +217,8 @@ def test_missing_layer_falls_back_then_switches_up_when_it_arrives(local_sora, c
     from sora_sdk.testing import media as media_module
     sender = clients("late", "sendonly", send=True, simulcast=True)
     router = local_sora._registry.channel("late").media
-    assert wait_until(lambda: len(router._senders[sender.connection_id].layers) == 3, WAIT)
+    assert wait_until(lambda: sender.connection_id in router._senders and
+                      len(router._senders[sender.connection_id].layers) == 3, WAIT)
     r2_ssrc = router._senders[sender.connection_id].layers["r2"][1]
     # r2 stops arriving, as far as the server can tell: its packets vanish from the server peer's stats
     real = media_module._received_packets

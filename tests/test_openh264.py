@@ -19,7 +19,9 @@ import pytest
 import sora_sdk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYSTEM_OPENH264 = sorted(glob.glob("/usr/lib/*/libopenh264.so.7"))
+# Debian's libopenh264 by its soname link: libopenh264.so.7 (libopenh264-7) on Debian 12, .so.8 on Debian 13.
+SYSTEM_OPENH264 = sora_sdk.codec.system_openh264()
+ENGINE_HAS_OPENH264 = bool(sora_sdk._ffi.lib.sora_c_element_available(b"openh264enc"))
 
 SCRIPT = r"""
 import json, sys, time
@@ -79,12 +81,16 @@ def _run(library: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-@pytest.mark.skipif(not SYSTEM_OPENH264, reason="Debian's libopenh264 (libopenh264-7) is not installed")
-@pytest.mark.skipif(not sora_sdk._ffi.lib.sora_c_element_available(b"openh264enc"),
+@pytest.mark.skipif(not ENGINE_HAS_OPENH264,
                     reason="the engine has no OpenH264 encoder element (gstreamer1.0-plugins-bad)")
 def test_h264_is_sent_with_the_openh264_from_the_given_path(tmp_path):
-    private = tmp_path / "libopenh264-2.3.1-linux64.7.so"
-    shutil.copyfile(os.path.realpath(SYSTEM_OPENH264[0]), private)
+    # The engine's openh264enc links to Debian's libopenh264, so it must be found (whichever soname).
+    assert SYSTEM_OPENH264, "openh264enc is registered but no libopenh264.so.<N> was found"
+    real = os.path.realpath(SYSTEM_OPENH264)  # e.g. libopenh264.so.2.6.0 behind libopenh264.so.8
+    version = real.rsplit(".so.", 1)[1]
+    major = SYSTEM_OPENH264.rsplit(".so.", 1)[1]
+    private = tmp_path / ("libopenh264-%s-linux64.%s.so" % (version, major))  # as Cisco names its binaries
+    shutil.copyfile(real, private)
     result = _run(str(private))
     assert result["mapped"] == [str(private)], result["mapped"]  # the copy, and no other OpenH264
     assert result["decoded"] is not None, result

@@ -164,6 +164,8 @@ gboolean sora_fwd_out_process(sora_fwd_out *out, gpointer owner, GstBuffer **buf
 void sora_rtcp_sent_attach(GstElement *webrtc);
 /* The counts as a "sora-rtcp-sent" structure for the statistics (new), or NULL if not attached. */
 GstStructure *sora_rtcp_sent_stats(GstElement *webrtc);
+/* Count of every stream the peer sends, from the RTP sessions ("sora-rtp-senders", fields "ssrc-<n>"; stats.c). */
+GstStructure *sora_stats_rtp_senders(GstElement *webrtc);
 
 /* ---- frames handed to the application (receive.c, transform.c) ---- */
 /* Every `ref` of a frame event starts with this: sora_c_release calls `release`. */

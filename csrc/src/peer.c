@@ -683,6 +683,11 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   GstElement *rtpbin = gst_bin_get_by_name(GST_BIN(webrtc), "rtpbin");
   if (rtpbin) {
     g_signal_connect(rtpbin, "new-jitterbuffer", G_CALLBACK(on_new_jitterbuffer), NULL);
+    /* Sender reports from capture time: send time needs the pipeline latency on every send branch, which branches
+     * linked after the pipeline started never get. 1.22 then logs each packet and still sends RTCP; 1.26 sends no
+     * RTCP at all for such a session ("generated empty RTCP messages"), so no receiver report and no PLI. */
+    if (g_object_class_find_property(G_OBJECT_GET_CLASS(rtpbin), "rtcp-sync-send-time"))
+      g_object_set(rtpbin, "rtcp-sync-send-time", FALSE, NULL);
     gst_object_unref(rtpbin);
   }
 
@@ -897,6 +902,15 @@ GstPad *sora_peer_request_send_pad(sora_peer *peer, gint mline, GstCaps *rtp_cap
    * (1.22 makes one for the pad and associates it with the m-line in the answer). */
   GstWebRTCRTPTransceiver *trans = associated_transceiver(peer, mline);
   apply_direction(peer, mline, trans);
+  /* No direction set yet (a caller that sets it after attaching, as the C ABI allows): a transceiver that does not
+   * send is let send for the request (recvonly -> sendrecv, inactive -> sendonly); the caller's later
+   * sora_peer_set_direction decides what the answer says. */
+  GstWebRTCRTPTransceiverDirection dir = GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_NONE;
+  if (trans) g_object_get(trans, "direction", &dir, NULL);
+  if (trans && dir == GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_RECVONLY)
+    g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDRECV, NULL);
+  else if (trans && dir != GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY && dir != GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDRECV)
+    g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY, NULL);
   char name[32];
   g_snprintf(name, sizeof name, "sink_%d", mline);
   GstPadTemplate *templ = gst_element_class_get_pad_template(GST_ELEMENT_GET_CLASS(peer->webrtc), "sink_%u");
@@ -1492,6 +1506,11 @@ static int impl_sora_peer_get_stats(sora_peer *peer, char **json_out) {
     if (rtcp) {
       gst_structure_set(all, "sora-rtcp-sent", GST_TYPE_STRUCTURE, rtcp, NULL);
       gst_structure_free(rtcp);
+    }
+    GstStructure *senders = sora_stats_rtp_senders(peer->webrtc);
+    if (senders) {
+      gst_structure_set(all, "sora-rtp-senders", GST_TYPE_STRUCTURE, senders, NULL);
+      gst_structure_free(senders);
     }
     sora_bwe_annotate_stats(peer->bwe, all); /* targetBitrate, quality limitation, encoded size (bwe.c) */
     sora_stats_extend_rtp(all, "inbound-rtp", extend_decoded, peer); /* framesDecoded, decoded size, rate */

@@ -700,7 +700,10 @@ static gboolean keep_forwarded_field(GQuark field, GValue *value, gpointer data)
   (void)value;
   (void)data;
   const char *name = g_quark_to_string(field);
-  return !g_str_has_prefix(name, "extmap-") && !g_str_has_prefix(name, "rid-") && strcmp(name, "a-simulcast") != 0;
+  /* a-mid: the source m-line's mid, which 1.26 puts in a received stream's caps; on the destination's send pad it
+   * would become that m-line's mid in the next offer ("Cannot change media 2 mid value from 'audio0'"). */
+  return !g_str_has_prefix(name, "extmap-") && !g_str_has_prefix(name, "rid-") && strcmp(name, "a-simulcast") != 0 &&
+         strcmp(name, "a-mid") != 0;
 }
 
 static GQuark fwd_out_quark(void) { return g_quark_from_static_string("sora-forward-out"); }

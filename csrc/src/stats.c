@@ -142,3 +142,45 @@ char *sora_structure_to_json(const GstStructure *s) {
   g_string_append_c(out, ']');
   return g_string_free(out, FALSE);
 }
+
+/* Every stream this peer sends, with its counts, straight from the RTP sessions' "source-stats": the engine's
+ * get-stats reports one outbound-rtp per sending transceiver in 1.26, so the layers of a simulcast m-line other
+ * than the one its caps name are missing there (1.22 listed every sending source). Fields "ssrc-<n>". */
+GstStructure *sora_stats_rtp_senders(GstElement *webrtc) {
+  GstElement *rtpbin = gst_bin_get_by_name(GST_BIN(webrtc), "rtpbin");
+  if (!rtpbin) return NULL;
+  GstStructure *out = gst_structure_new_empty("sora-rtp-senders");
+  for (guint id = 0; id < 16; id++) {
+    GObject *sess = NULL;
+    g_signal_emit_by_name(rtpbin, "get-internal-session", id, &sess);
+    if (!sess) continue;
+    GstStructure *stats = NULL;
+    g_object_get(sess, "stats", &stats, NULL);
+    const GValue *sources = stats ? gst_structure_get_value(stats, "source-stats") : NULL;
+    G_GNUC_BEGIN_IGNORE_DEPRECATIONS /* "source-stats" is a GValueArray */
+    GValueArray *array = sources && G_VALUE_HOLDS(sources, g_value_array_get_type()) ? g_value_get_boxed(sources) : NULL;
+    for (guint i = 0; array && i < array->n_values; i++) {
+      const GValue *item = g_value_array_get_nth(array, i);
+      const GstStructure *src = GST_VALUE_HOLDS_STRUCTURE(item) ? gst_value_get_structure(item) : NULL;
+      gboolean internal = FALSE, sender = FALSE;
+      guint ssrc = 0;
+      guint64 packets = 0, octets = 0;
+      if (!src || !gst_structure_get_boolean(src, "internal", &internal) || !internal ||
+          !gst_structure_get_boolean(src, "is-sender", &sender) || !sender || !gst_structure_get_uint(src, "ssrc", &ssrc))
+        continue;
+      gst_structure_get_uint64(src, "packets-sent", &packets);
+      gst_structure_get_uint64(src, "octets-sent", &octets);
+      char name[32];
+      g_snprintf(name, sizeof name, "ssrc-%u", ssrc);
+      GstStructure *entry = gst_structure_new("sender", "ssrc", G_TYPE_UINT, ssrc, "packets-sent", G_TYPE_UINT64,
+                                              packets, "bytes-sent", G_TYPE_UINT64, octets, NULL);
+      gst_structure_set(out, name, GST_TYPE_STRUCTURE, entry, NULL);
+      gst_structure_free(entry);
+    }
+    G_GNUC_END_IGNORE_DEPRECATIONS
+    if (stats) gst_structure_free(stats);
+    g_object_unref(sess);
+  }
+  gst_object_unref(rtpbin);
+  return out;
+}
