@@ -331,8 +331,12 @@ wheel:
 	bash tests/check_wheel.sh --contents $(WHEEL_DIR)/sora_sdk-*.whl
 
 wheel-check: wheel
-	bash tests/check_wheel.sh --python $(CPYTHON) $(WHEEL_DIR)/sora_sdk-*-abi3-*.whl
-	bash tests/check_wheel.sh --python $(PYPY) $(WHEEL_DIR)/sora_sdk-*-pp3*.whl
+	@passed=0; failed=0; \
+	for spec in "$(CPYTHON) $(WHEEL_DIR)/sora_sdk-*-abi3-*.whl" "$(PYPY) $(WHEEL_DIR)/sora_sdk-*-pp3*.whl"; do \
+	    set -- $$spec; \
+	    if bash tests/check_wheel.sh --python $$1 $$2; then passed=$$((passed + 1)); else failed=$$((failed + 1)); fi; \
+	done; \
+	echo "wheel-check: $$passed passed, $$failed failed"; test $$failed -eq 0
 
 bench: setup build
 	$(VENVPY) -m benchmarks.run $(ARGS)
