@@ -122,6 +122,17 @@ def test_frames_with_a_slow_consumer_are_dropped_and_counted_while_the_loop_stay
             await asyncio.sleep(0.01)
             lateness.append(time.monotonic() - started - 0.01)
 
+    async def measure(seconds, work=None):
+        lateness, stop = [], asyncio.Event()
+        tick = asyncio.ensure_future(ticker(lateness, stop))
+        if work is None:
+            await asyncio.sleep(seconds)
+        else:
+            await work(seconds)
+        stop.set()
+        await tick
+        return sorted(lateness)
+
     async def main():
         async with AsyncSora() as sora:
             conn = await sora.connect(signaling_urls=[remote_sender], role="recvonly", channel_id="aio-remote")
@@ -130,6 +141,7 @@ def test_frames_with_a_slow_consumer_are_dropped_and_counted_while_the_loop_stay
                 if track.kind == "video":
                     video = track
                     break
+            baseline = await measure(3)  # the same loop before any frame is decoded for it: the machine's share
             frames = conn.frames(video, capacity=2)
             got = []
             warm = time.monotonic()
@@ -137,28 +149,33 @@ def test_frames_with_a_slow_consumer_are_dropped_and_counted_while_the_loop_stay
                 got.append(frame.data().shape)
                 if time.monotonic() - warm > 3:
                     break
-            lateness, stop = [], asyncio.Event()
-            tick = asyncio.ensure_future(ticker(lateness, stop))
-            started = time.monotonic()
-            async for frame in frames:
-                got.append(frame.data().shape)
-                await asyncio.sleep(0.1)  # a consumer 3x slower than the stream
-                if time.monotonic() - started > 4:
-                    break
-            stop.set()
-            await tick
-            return got, conn.dropped(video), sorted(lateness)
-    got, dropped, lateness = run(main())
+
+            async def consume(seconds):
+                started = time.monotonic()
+                async for frame in frames:
+                    got.append(frame.data().shape)
+                    await asyncio.sleep(0.1)  # a consumer 3x slower than the stream
+                    if time.monotonic() - started > seconds:
+                        break
+            flowing = await measure(4, consume)
+            return got, conn.dropped(video), baseline, flowing
+    got, dropped, baseline, flowing = run(main())
     assert len(got) >= 60 and all(shape == (480, 640, 3) for shape in got), got[:3]
     assert dropped >= 30, dropped  # ~120 frames came in 4 s, ~40 were taken
-    p99 = lateness[int(len(lateness) * 0.99) - 1]
-    print("loop lateness of a 10 ms sleep while frames flow: p50 %.2f ms, p99 %.2f ms, max %.2f ms" % (
-        lateness[len(lateness) // 2] * 1000, p99 * 1000, lateness[-1] * 1000))
+
+    def p99(values):
+        return values[int(len(values) * 0.99) - 1]
+    print("loop lateness of a 10 ms sleep, p50 / p99 / max: before frames %.2f / %.2f / %.2f ms, while frames flow "
+          "%.2f / %.2f / %.2f ms" % tuple(1000 * v for v in (baseline[len(baseline) // 2], p99(baseline),
+                                                              baseline[-1], flowing[len(flowing) // 2],
+                                                              p99(flowing), flowing[-1])))
     # The 5 ms p99 target is a speed goal, judged by `make bench` (benchmarks/aio_latency.py, RESULTS.md) on a quiet
-    # machine; this test fails when delivering frames stalls the loop for a good part of a frame interval. (PyPy: a
-    # bare PyPy loop that only sleeps and allocates a frame per tick already reaches p99 4.2-4.4 ms here.)
-    limit = 0.010 if platform.python_implementation() == "CPython" else 0.015
-    assert p99 < limit, "loop latency p99 %.1f ms" % (p99 * 1000)
+    # machine. This test checks what the SDK adds to the loop's p99 over the same loop without frames, measured
+    # just before in the same process (so a busy machine raises both): at most 5 ms (PyPy, whose collector's major
+    # steps stop any thread now and then: 10 ms).
+    allowed = 0.005 if platform.python_implementation() == "CPython" else 0.010
+    assert p99(flowing) < p99(baseline) + allowed, "loop latency p99 %.1f ms while frames flow, %.1f ms before" % (
+        p99(flowing) * 1000, p99(baseline) * 1000)
 
 
 def test_tracks_events_and_audio_frames(local_sora, sender):
