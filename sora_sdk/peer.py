@@ -404,10 +404,13 @@ class Peer:
         for ssrc, layer in layers.items():
             if ssrc not in seen:
                 counted = senders.get("ssrc-%d" % ssrc) or {}
-                raw.append({"gst-name": "outbound-rtp", "type": "outbound-rtp",
-                            "id": "rtp-outbound-stream-stats_%d" % ssrc, "ssrc": ssrc, "kind": "video",
-                            "bytes-sent": counted.get("bytes-sent", 0), "packets-sent": counted.get("packets-sent", 0),
-                            "sora-simulcast": dict(layer, active_layers=active[layer["mline"]])})
+                entry = {key: value for key, value in counted.items() if key.startswith("sora-")}  # bwe.c's fields
+                entry.update({"gst-name": "outbound-rtp", "type": "outbound-rtp",
+                              "id": "rtp-outbound-stream-stats_%d" % ssrc, "ssrc": ssrc, "kind": "video",
+                              "bytes-sent": counted.get("bytes-sent", 0),
+                              "packets-sent": counted.get("packets-sent", 0),
+                              "sora-simulcast": dict(layer, active_layers=active[layer["mline"]])})
+                raw.append(entry)
 
     def close(self) -> None:
         """Stop media and release the peer (idempotent)."""

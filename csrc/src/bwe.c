@@ -1134,6 +1134,25 @@ void sora_bwe_annotate_stats(sora_bwe *bwe, GstStructure *all) {
   if (!bwe) return;
   g_mutex_lock(&bwe->lock);
   sora_stats_extend_rtp(all, "outbound-rtp", extend_outbound, bwe);
+  /* The streams the engine's get-stats leaves out (1.26 lists one outbound-rtp per transceiver: the other
+   * simulcast layers) are counted in "sora-rtp-senders" (stats.c): they get the controller's fields too. */
+  const GValue *senders_value = gst_structure_get_value(all, "sora-rtp-senders");
+  if (senders_value && GST_VALUE_HOLDS_STRUCTURE(senders_value)) {
+    GstStructure *senders = gst_structure_copy(gst_value_get_structure(senders_value));
+    for (guint j = 0; j < bwe->streams->len; j++) {
+      bwe_stream *c = g_ptr_array_index(bwe->streams, j);
+      char name[32];
+      g_snprintf(name, sizeof name, "ssrc-%u", c->ssrc);
+      const GValue *v = gst_structure_get_value(senders, name);
+      GstStructure *extended = v && GST_VALUE_HOLDS_STRUCTURE(v) ? extend_outbound(gst_value_get_structure(v), c->ssrc, bwe) : NULL;
+      if (extended) {
+        gst_structure_set(senders, name, GST_TYPE_STRUCTURE, extended, NULL);
+        gst_structure_free(extended);
+      }
+    }
+    gst_structure_set(all, "sora-rtp-senders", GST_TYPE_STRUCTURE, senders, NULL);
+    gst_structure_free(senders);
+  }
   GstStructure *st = gst_structure_new(
       "sora-bwe", "estimate", G_TYPE_UINT, bwe->streams->len ? bwe->estimate : 0, "max-bitrate", G_TYPE_UINT,
       bwe->max_total, "loss-based", G_TYPE_DOUBLE, MIN(bwe->loss_est, (double)bwe->max_total), "delay-based",
