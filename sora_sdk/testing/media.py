@@ -1071,12 +1071,8 @@ class MediaRouter:
     def _apply_re_answer(self, session, sdp: str) -> None:
         with self._lock:
             receiver = self._receivers.get(session.connection_id)
-        try:
-            sdp = placeholder_answer(session, sdp)
-        except ValueError as exc:
-            from .session import CLOSE_BAD_MESSAGE  # (session imports this module)
-            log.warning("local Sora: the re-answer of %s is refused: %s", session.connection_id, exc)
-            session.terminate(CLOSE_BAD_MESSAGE, "INVALID-ANSWER")
+        sdp = session.applicable_answer(sdp)
+        if sdp is None:
             return
         ok = session._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", sdp) or True,
                                 False)

@@ -680,13 +680,19 @@ class Session:
             # In order with the channel's other media work (see media.MediaRouter).
             channel.media.re_answer(self, sdp)
         else:
-            try:
-                applied = placeholder_answer(self, sdp)
-            except ValueError as exc:
-                log.warning("session %s: re-answer refused: %s", self.connection_id, exc)
-                self.terminate(CLOSE_BAD_MESSAGE, "INVALID-ANSWER")
-                return
-            self._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", applied))
+            applied = self.applicable_answer(sdp)
+            if applied is not None:
+                self._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", applied))
+
+    def applicable_answer(self, sdp: str) -> Optional[str]:
+        """The (re-)answer `sdp` as applied to the server peer (media.placeholder_answer), or None once the session
+        is ended (INVALID-ANSWER) because an m-line's direction is not one the offer allows."""
+        try:
+            return placeholder_answer(self, sdp)
+        except ValueError as exc:
+            log.warning("session %s: answer refused: %s", self.connection_id, exc)
+            self.terminate(CLOSE_BAD_MESSAGE, "INVALID-ANSWER")
+            return None
 
     def _on_pong(self, message: Dict[str, Any]) -> None:
         self.last_pong = time.monotonic()
