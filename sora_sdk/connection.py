@@ -535,6 +535,9 @@ class _Connection:
         try:
             self._peer = Peer(self._context, on_event=self._on_peer_event, loopback_only=self._loopback,
                               local_address=os.environ.get("SORA_SDK_ICE_ADDRESS") or None, stun_server=stun)
+            problem = sdp_parser.direction_problem(message["sdp"])
+            if problem is not None:  # webrtcbin 1.26 aborts the process on these
+                raise SoraError(problem)
             self._peer.set_remote_description("offer", message["sdp"])
         except SoraError as exc:
             self._fail_internal(Code.ICE_FAILED, "Failed to SetRemoteDescription: %s" % exc)
@@ -558,6 +561,9 @@ class _Connection:
             return  # a callback disconnected
         try:
             answer = self._peer.create_answer()
+            problem = sdp_parser.direction_problem(message["sdp"], answer)
+            if problem is not None:  # (RFC 3264; the server's webrtcbin may abort on it)
+                raise SoraError(problem)
         except SoraError as exc:
             self._fail_internal(Code.ICE_FAILED, "Failed to CreateAnswer: %s" % exc)
             return
@@ -654,6 +660,9 @@ class _Connection:
             if self._state not in (CONNECTED, CLOSING):
                 return  # an on_track callback disconnected
             answer = self._peer.create_answer()
+            problem = sdp_parser.direction_problem(sdp, answer)
+            if problem is not None:  # (RFC 3264; the server's webrtcbin may abort on it)
+                raise SoraError(problem)
         except SoraError as exc:
             self._fail_internal(Code.ICE_FAILED, "Failed to apply %s: %s" % (message.get("type"), exc))
             return
@@ -800,7 +809,7 @@ class _Connection:
         for before, after in zip(old, new):
             if before.mid is not None and after.mid != before.mid:
                 return "changes the mid of m-line %d (%r, was %r)" % (before.index, after.mid, before.mid)
-        return None
+        return sdp_parser.direction_problem(sdp)
 
     def _handle_reoffer_dc(self, text: str, message: dict) -> None:
         sdp = message.get("sdp")

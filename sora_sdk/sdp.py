@@ -31,6 +31,8 @@ class MediaSection:
         self.payload_types = payload_types
         self.mid: Optional[str] = None
         self.direction = "sendrecv"
+        self.directions = 0  # how many direction attributes the section has (one at most is valid)
+        self.port: Optional[int] = None
         self.codecs: Dict[int, Codec] = {}
         self.msid: Optional[str] = None
         self.rids: List[str] = []
@@ -72,6 +74,7 @@ def parse(sdp: str) -> List[MediaSection]:
             fields = line[2:].split()
             pts = [n for n in (_number(f) for f in fields[3:]) if n is not None]
             current = MediaSection(len(sections), fields[0] if fields else "", pts)
+            current.port = _number(fields[1].split("/")[0]) if len(fields) > 1 else None
             sections.append(current)
         elif current is None or not line.startswith("a="):
             continue
@@ -80,6 +83,7 @@ def parse(sdp: str) -> List[MediaSection]:
             name, _, value = attr.partition(":")
             if name in DIRECTIONS and not value:
                 current.direction = name
+                current.directions += 1
             elif name == "mid":
                 current.mid = value
             elif name == "msid":
@@ -115,6 +119,41 @@ def parse(sdp: str) -> List[MediaSection]:
                 if pt is not None and pt in current.codecs:
                     current.codecs[pt].fmtp = params
     return sections
+
+
+# RFC 3264 §6.1: the directions an answer may give an m-line that the offer marks so.
+ANSWER_DIRECTIONS = {
+    "sendrecv": ("sendrecv", "sendonly", "recvonly", "inactive"),
+    "sendonly": ("recvonly", "inactive"),
+    "recvonly": ("sendonly", "inactive"),
+    "inactive": ("inactive",),
+}
+
+
+def direction_problem(offer: str, answer: Optional[str] = None) -> Optional[str]:
+    """Why the audio/video m-lines of `offer` (and, given, of its `answer`) do not each have one direction
+    that RFC 3264 allows, or None. A rejected answer m-line (port 0) is not checked. webrtcbin 1.26 reads an
+    m-line with two direction attributes as one with none and aborts the process (g_assert_not_reached in
+    _get_final_direction) when it applies an answer to it."""
+    offered = parse(offer)
+    for section in offered:
+        if section.kind in ("audio", "video") and section.directions > 1:
+            return "the offer's m-line %d has %d direction attributes" % (section.index, section.directions)
+    if answer is None:
+        return None
+    answered = parse(answer)
+    if len(answered) != len(offered):
+        return "the answer has %d m-lines, the offer %d" % (len(answered), len(offered))
+    for off, ans in zip(offered, answered):
+        if ans.kind != off.kind:
+            return "the answer's m-line %d is %s, the offer's %s" % (ans.index, ans.kind, off.kind)
+        if ans.kind not in ("audio", "video") or ans.port == 0:
+            continue
+        if ans.directions > 1:
+            return "the answer's m-line %d has %d direction attributes" % (ans.index, ans.directions)
+        if ans.direction not in ANSWER_DIRECTIONS[off.direction]:
+            return "the answer's m-line %d is %s, the offer's %s" % (ans.index, ans.direction, off.direction)
+    return None
 
 
 def mids(sdp: str) -> Dict[str, str]:

@@ -700,10 +700,12 @@ static gboolean keep_forwarded_field(GQuark field, GValue *value, gpointer data)
   (void)value;
   (void)data;
   const char *name = g_quark_to_string(field);
-  /* a-mid: the source m-line's mid, which 1.26 puts in a received stream's caps; on the destination's send pad it
-   * would become that m-line's mid in the next offer ("Cannot change media 2 mid value from 'audio0'"). */
-  return !g_str_has_prefix(name, "extmap-") && !g_str_has_prefix(name, "rid-") && strcmp(name, "a-simulcast") != 0 &&
-         strcmp(name, "a-mid") != 0;
+  /* a-*: the source m-line's SDP attributes, which 1.26 puts in a received stream's caps (a-mid, a-sendonly,
+   * a-ice-ufrag, a-setup, a-fingerprint, a-ssrc-group, ...). On the destination's send pad 1.26 writes them into
+   * that m-line of the next offer: a second mid ("Cannot change media 2 mid value from 'audio0'"), or a second
+   * direction (a=inactive from the transceiver and a=sendonly from the caps), which webrtcbin then reads as no
+   * direction and aborts on (g_assert_not_reached in _get_final_direction) when the answer comes. */
+  return !g_str_has_prefix(name, "extmap-") && !g_str_has_prefix(name, "rid-") && !g_str_has_prefix(name, "a-");
 }
 
 static GQuark fwd_out_quark(void) { return g_quark_from_static_string("sora-forward-out"); }
@@ -841,7 +843,7 @@ SORA_C_API int sora_forward_create(sora_peer *src, int64_t track_id, sora_peer *
   gst_caps_set_simple(rtp_caps, "payload", G_TYPE_INT, payload_type, NULL);
   /* The SSRC stays (key-frame requests are routed by it); offsets belong to the original session. */
   GstStructure *st = gst_caps_get_structure(rtp_caps, 0);
-  const char *drop[] = {"timestamp-offset", "seqnum-offset", "a-framerate"};
+  const char *drop[] = {"timestamp-offset", "seqnum-offset"};
   for (guint i = 0; i < G_N_ELEMENTS(drop); i++) gst_structure_remove_field(st, drop[i]);
   /* So are its header extensions and simulcast layers (the packets go out without extensions). */
   gst_structure_filter_and_map_in_place(st, keep_forwarded_field, NULL);

@@ -123,6 +123,7 @@ import numpy as np
 from .._ffi import ffi, lib
 from ..media.sink import EngineSink
 from ..peer import SDES_MID, SDES_RID, Forward
+from ..sdp import direction_problem
 from .codec_sdp import offer_codecs
 from .filters import forwarded
 
@@ -382,8 +383,25 @@ def placeholder_offer(session, sdp: str) -> str:
 
 
 def placeholder_answer(session, sdp: str) -> str:
-    """The client's answer as applied to its server peer: rejected m-lines kept in place (`keep_rejected`)."""
+    """The client's answer as applied to its server peer: rejected m-lines kept in place (`keep_rejected`).
+    ValueError if an m-line's direction is not one RFC 3264 allows for the server's offer
+    (``session.local_offer``): webrtcbin 1.26 aborts the process on some of those."""
+    offer = getattr(session, "local_offer", None)
+    problem = direction_problem(offer, sdp) if offer else None
+    if problem is not None:
+        raise ValueError(problem)
     return keep_rejected(session, sdp)
+
+
+def checked_offer(session, sdp: str) -> str:
+    """`sdp` (an offer the server peer has just set as its local description), kept as
+    ``session.local_offer``; RuntimeError if an m-line has more than one direction (webrtcbin would abort
+    when the answer comes)."""
+    problem = direction_problem(sdp)
+    if problem is not None:
+        raise RuntimeError(problem)
+    session.local_offer = sdp
+    return sdp
 
 
 def keep_rejected(session, sdp: str) -> str:
@@ -1053,7 +1071,9 @@ class MediaRouter:
     def _apply_re_answer(self, session, sdp: str) -> None:
         with self._lock:
             receiver = self._receivers.get(session.connection_id)
-        sdp = placeholder_answer(session, sdp)
+        sdp = session.applicable_answer(sdp)
+        if sdp is None:
+            return
         ok = session._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", sdp) or True,
                                 False)
         if receiver is None:
@@ -1143,6 +1163,13 @@ class MediaRouter:
         sdp = session._peer_call("re-offer", lambda peer: peer.create_offer())
         if not sdp:
             log.warning("local Sora: cannot create a re-offer for %s", session.connection_id)
+            return
+        try:
+            checked_offer(session, sdp)
+        except RuntimeError as exc:
+            from .session import CLOSE_INTERNAL  # (session imports this module)
+            log.error("local Sora: the re-offer for %s is invalid: %s", session.connection_id, exc)
+            session.terminate(CLOSE_INTERNAL, "INTERNAL-ERROR")
             return
         # (b=AS again: a description without it lifts a libwebrtc sender's limit)
         sdp = bandwidth_offer(session, placeholder_offer(session, self._decorate(receiver, sdp)))

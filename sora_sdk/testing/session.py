@@ -28,7 +28,8 @@ from .codec_sdp import OpusParamsError, check_opus_params, offer_codecs
 from .auth import AuthError, authenticate
 from .channel import new_id, timestamp
 from .media import AUDIO_CAPS, VIDEO_CAPS  # noqa: F401  (re-exported)
-from .media import bandwidth_offer, own_media_mids, placeholder_answer, placeholder_offer, receive_caps
+from .media import bandwidth_offer, checked_offer, own_media_mids, placeholder_answer, placeholder_offer
+from .media import receive_caps
 from .media import rid_ok as media_rid_ok
 from .media import session_encodings, simulcast_caps
 
@@ -130,6 +131,7 @@ class Session:
         # a=mid of a recvonly connection's own placeholder m-lines: sendonly, with
         # the connection's own id as msid in the offer text (see media.mark_own_placeholders).
         self.placeholder_mids: Tuple[str, ...] = ()
+        self.local_offer: Optional[str] = None  # the last offer the server peer set (media.checked_offer)
         self.rejected_mids: Tuple[str, ...] = ()  # m-lines the client's last answer rejected (port 0)
         self.state = "connecting"
         self.created_timestamp = timestamp()
@@ -579,7 +581,7 @@ class Session:
             if not peer.wait_gathering_complete(server.ice_gathering_timeout):
                 log.warning("session %s: ICE gathering did not complete in %.1f s",
                             self.connection_id, server.ice_gathering_timeout)
-            sdp = peer.local_description()
+            sdp = checked_offer(self, peer.local_description())
             if direction == "sendonly":
                 self.placeholder_mids = own_media_mids(sdp, own)
             if channel is not None:
@@ -678,8 +680,19 @@ class Session:
             # In order with the channel's other media work (see media.MediaRouter).
             channel.media.re_answer(self, sdp)
         else:
-            applied = placeholder_answer(self, sdp)
-            self._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", applied))
+            applied = self.applicable_answer(sdp)
+            if applied is not None:
+                self._peer_call("re-answer", lambda peer: peer.set_remote_description("answer", applied))
+
+    def applicable_answer(self, sdp: str) -> Optional[str]:
+        """The (re-)answer `sdp` as applied to the server peer (media.placeholder_answer), or None once the session
+        is ended (INVALID-ANSWER) because an m-line's direction is not one the offer allows."""
+        try:
+            return placeholder_answer(self, sdp)
+        except ValueError as exc:
+            log.warning("session %s: answer refused: %s", self.connection_id, exc)
+            self.terminate(CLOSE_BAD_MESSAGE, "INVALID-ANSWER")
+            return None
 
     def _on_pong(self, message: Dict[str, Any]) -> None:
         self.last_pong = time.monotonic()
