@@ -74,6 +74,9 @@ def assert_healthy(sdk) -> None:
         assert rec.connected.wait(15), rec.events
         assert wait_until(lambda: conn.connection_state == "connected", 15)
         assert wait_until(lambda: ("#ok",) in rec.of("data_channel"), 10), rec.events
+        # switched comes once the server has every channel open on our side, which can be after our own #ok
+        # open: wait for it, so that disconnect() goes over the signaling data channel
+        assert wait_until(lambda: rec.of("switched"), 10), rec.events
         assert conn.send_data_channel("#ok", b"still healthy")
         conn.disconnect()
         assert rec.disconnect == (Code.CLOSE_SUCCEEDED, DC_WS_OK), rec.disconnect
