@@ -219,6 +219,11 @@ def to_w3c(raw: List[dict], *, data_channels: Iterable[dict] = (), media_sources
     for cid, codec in codecs_out.items():
         entry = base(codec, "codec")
         _copy(codec, entry, ("payload-type", "mime-type", "clock-rate", "channels", "sdp-fmtp-line"))
+        if "sdpFmtpLine" not in entry:  # GStreamer 1.26's codec entries leave it out: the negotiated a=fmtp
+            fmtp = next((t.get("fmtp") for t in ssrcs.values()
+                         if t.get("payload_type") == entry.get("payloadType") and t.get("fmtp")), None)
+            if fmtp:
+                entry["sdpFmtpLine"] = fmtp
         if "sdpFmtpLine" in entry:
             fmtp = entry["sdpFmtpLine"]
             entry["sdpFmtpLine"] = fmtp.split(" ", 1)[1] if " " in fmtp else fmtp
