@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 
@@ -59,18 +58,14 @@ async def _measure(url: str, seconds: float) -> dict:
 
 def measure(seconds: float = 8.0) -> dict:
     sys.path.insert(0, os.path.join(ROOT, "tests", "reliability"))
-    from rel_probe import ServerProcess
+    from rel_probe import DemoSender, ServerProcess
 
     server = ServerProcess()
-    sender = subprocess.Popen([sys.executable, "-m", "sora_sdk.demo", "--signaling-url", server.url, "--channel-id",
-                               "aio-bench", "--role", "sendonly", "--seconds", str(seconds + 30)], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=dict(os.environ, PYTHONPATH=ROOT))
+    sender = DemoSender(server.url, "aio-bench", seconds + 30)
     try:
         return asyncio.run(_measure(server.url, seconds))
     finally:
-        sender.terminate()
-        sender.wait(30)
+        sender.close()
         server.close()
 
 

@@ -133,8 +133,6 @@ class Sora:
             errors = codec_mod.validate_video_codec_preference(video_codec_preference, capability)
             if errors:
                 raise ValueError("invalid video_codec_preference: " + "; ".join(errors))
-        self._openh264 = openh264
-        self._video_codec_preference = video_codec_preference
         self._force_i420_conversion = force_i420_conversion
         self._field_trials = field_trials
         self._identity = _identity()

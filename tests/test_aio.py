@@ -93,25 +93,18 @@ def test_cancelled_connect_disconnects(local_sora):
 def remote_sender():
     """The local server and a 640x480 30 fps sender (the demo, --role sendonly), each in a process of its own,
     so that this process holds only the SDK's threads and the event loop (what the loop-latency check is about)."""
-    import os
-    import subprocess
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent / "reliability"))
-    from rel_probe import ServerProcess
+    from rel_probe import DemoSender, ServerProcess
 
     server = ServerProcess()
-    root = str(Path(__file__).resolve().parent.parent)
-    sender = subprocess.Popen([sys.executable, "-m", "sora_sdk.demo", "--signaling-url", server.url, "--channel-id",
-                               "aio-remote", "--role", "sendonly", "--seconds", "60"], cwd=root,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=dict(os.environ, PYTHONPATH=root))
+    sender = DemoSender(server.url, "aio-remote", 60)
     try:
         yield server.url
     finally:
-        sender.terminate()
-        sender.wait(30)
+        sender.close()
         server.close()
 
 

@@ -197,6 +197,21 @@ class ServerProcess:
                 self.proc.wait(5)
 
 
+class DemoSender:
+    """The demo as a sender (`--role sendonly`: 640x480 VP8 at 30 fps and a tone) on `url`'s `channel`, in a process
+    of its own, for `seconds`; close() ends it."""
+
+    def __init__(self, url: str, channel: str, seconds: float) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "sora_sdk.demo", "--signaling-url", url, "--channel-id",
+                                      channel, "--role", "sendonly", "--seconds", str(seconds)], cwd=str(ROOT),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
 def run_in_child(module: str, function: str, timeout: float) -> dict:
     """Run `module.function()` in a fresh interpreter (same venv, cwd = repository root) and return its dict.
 
