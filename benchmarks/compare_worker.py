@@ -273,6 +273,35 @@ def outbound_video(stats_text):
 
 
 # ---------------------------------------------------------------------------- jobs
+def warm_up(conn, least, most, bitrate):
+    """Stream until the sender is at its target bitrate, so that both SDKs are measured in their steady state.
+
+    libwebrtc starts its estimate at 300 kbit/s and ramps up over 10-20 s; a window taken before compares a full
+    rate encoder with one still ramping. At target means: at least `least` seconds passed, the encoder's
+    targetBitrate (outbound-rtp) reached 90 % of the configured bitrate (the allocation less the packet overhead),
+    and the rate sent over the last 2 s is within 10 % of the 2 s before (an encoder may stay under its target
+    on simple pictures, so the sent rate alone cannot say). At most `most` seconds. Returns how it went."""
+    begin = time.monotonic()
+    samples = []  # (time, bytesSent, targetBitrate)
+    while True:
+        time.sleep(0.5)
+        now = time.monotonic()
+        stat = outbound_video(conn.conn.get_stats())
+        samples.append((now, stat.get("bytesSent", 0), stat.get("targetBitrate")))
+        elapsed = now - begin
+        if elapsed >= most:
+            return {"warmup_s": elapsed, "warmup_reached": False}
+        if elapsed < least or len(samples) < 9:
+            continue
+        t0, b0, _ = samples[-9]
+        t1, b1, _ = samples[-5]
+        t2, b2, target = samples[-1]
+        before = (b1 - b0) * 8 / max(t1 - t0, 1e-6)
+        last = (b2 - b1) * 8 / max(t2 - t1, 1e-6)
+        if target and target >= 0.9 * bitrate and before > 0 and abs(last - before) <= 0.1 * before:
+            return {"warmup_s": elapsed, "warmup_reached": True}
+
+
 def job_send(sdk, np, session, job, stdin_lines):
     video = session.sora.create_video_source()
     session.sources.append(video)
@@ -285,7 +314,8 @@ def job_send(sdk, np, session, job, stdin_lines):
     connect_s = conn.start()
     emit("connected", connect_ms=connect_s * 1000)
     pump = Pump(np, video, job["width"], job["height"], job.get("fps", 30))
-    time.sleep(float(job.get("warmup", 2.0)))
+    warm = warm_up(conn, float(job.get("warmup", 4.0)), float(job.get("max_warmup", 40.0)),
+                   int(job.get("bitrate", 1000)) * 1000)
     s0 = outbound_video(conn.conn.get_stats())
     frames0 = pump.count
     window = Window().run(float(job["seconds"]))
@@ -308,7 +338,9 @@ def job_send(sdk, np, session, job, stdin_lines):
         "encoder": s1.get("encoderImplementation"),
         "limitation": s1.get("qualityLimitationReason"),
         "connect_ms": connect_s * 1000,
+        "target_bitrate": s1.get("targetBitrate"),
     })
+    result.update(warm)
     if pump.error:
         raise RuntimeError("pump: " + pump.error)
     emit("send_result", **result)

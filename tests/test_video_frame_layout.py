@@ -19,6 +19,7 @@ LEFT, RIGHT = (40, 160, 220), (200, 60, 30)  # BGR
 TOLERANCE = 14  # per channel, after two conversions and lossy coding
 MARGIN = 12  # columns/rows left out around the split between the halves and at the moving band
 BAND = 24
+SCRIBBLE = (255, 0, 255)
 
 
 def bt601(bgr) -> np.ndarray:
@@ -41,10 +42,10 @@ def to_i420(frame: np.ndarray):
     return tuple(np.ascontiguousarray(np.clip(np.rint(p), 0, 255).astype(np.uint8)) for p in planes)
 
 
-def picture(width: int, height: int) -> np.ndarray:
+def picture(width: int, height: int, colours=(LEFT, RIGHT)) -> np.ndarray:
     frame = np.empty((height, width, 3), np.uint8)
-    frame[:, : width // 2] = LEFT
-    frame[:, width // 2:] = RIGHT
+    frame[:, : width // 2] = colours[0]
+    frame[:, width // 2:] = colours[1]
     return frame
 
 
@@ -55,6 +56,8 @@ class Feeder:
         self.video = video
         self.size = (0, 0)
         self.i420 = False  # True: on_captured_i420() with the picture's planes
+        self.colours = (LEFT, RIGHT)
+        self.scribble = False  # True: the array is overwritten right after each on_captured() returns
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="test-layout-feeder", daemon=True)
         self.thread.start()
@@ -66,7 +69,10 @@ class Feeder:
             size = self.size
             if size == (0, 0):
                 continue
-            frame = frames.setdefault(size, picture(*size))
+            colours = self.colours
+            frame = frames.get((size, colours))
+            if frame is None or self.scribble:
+                frame = frames[(size, colours)] = picture(*size, colours)
             frame[:BAND] = 0
             x = (count * 4) % (size[0] - 16)
             frame[:BAND, x:x + 16] = 255
@@ -74,6 +80,8 @@ class Feeder:
                 self.video.on_captured_i420(*to_i420(frame))
             else:
                 self.video.on_captured(frame)
+                if self.scribble:
+                    frame[:] = SCRIBBLE  # what the application does with its buffer next
             count += 1
 
 
@@ -183,3 +191,41 @@ def test_padded_sizes_arrive_unpadded_in_bt601(call, size, source):
     for side, want in enumerate((LEFT, RIGHT)):
         got = np.array([y_halves[side][0], u_halves[side][0], v_halves[side][0]])
         assert np.all(np.abs(got - bt601(want)) <= TOLERANCE / 2), (got, bt601(want))
+
+
+def colours_arrive(collector, size, colours) -> None:
+    width, height = size
+    with collector.lock:
+        bgr = collector.bgr[size]
+        y = collector.i420[size][0]
+    for got, want in zip(halves(bgr, width), colours):
+        assert np.all(np.abs(got - np.asarray(want)) <= TOLERANCE), (got, want)
+    for got, want in zip(halves(y, width), colours):
+        assert abs(got[0] - bt601(want)[0]) <= TOLERANCE / 2, (got, bt601(want))
+
+
+def test_array_reused_right_after_on_captured_does_not_change_the_frame_sent(call):
+    # on_captured() copies the frame and converts it later on the source's thread: what the application writes
+    # into its array after the call returns must never reach the receiver
+    feeder, collector = call
+    feeder.scribble = True
+    size = (640, 480)
+    feeder.size = size
+    assert wait_until(lambda: collector.both(size), 20), collector.errors
+    time.sleep(0.5)
+    assert not collector.errors, collector.errors
+    colours_arrive(collector, size, (LEFT, RIGHT))
+
+
+def test_hd_frames_are_sent_in_bt601(call):
+    # From 1280x720 up, GStreamer's default colorimetry is BT.709: the fit stage before the encoder once let it
+    # convert every frame (pure red's Y is 82 in BT.601 and 63 in BT.709), which receivers decode as BT.601
+    feeder, collector = call
+    red, green = (0, 0, 255), (0, 255, 0)
+    feeder.colours = (red, green)
+    size = (1280, 720)
+    feeder.size = size
+    assert wait_until(lambda: collector.both(size), 20), collector.errors
+    time.sleep(0.5)
+    assert not collector.errors, collector.errors
+    colours_arrive(collector, size, (red, green))

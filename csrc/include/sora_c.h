@@ -316,7 +316,7 @@ SORA_C_API int sora_forward_destroy(sora_forward *forward);
 /* ---- sources ----------------------------------------------------------- */
 /* Create a video source that application frames are pushed into. */
 SORA_C_API int sora_video_source_create(sora_context *ctx, sora_video_source **out);
-/* Push one packed BGR frame (rows of `stride` bytes); it is copied. `timestamp_us` < 0 means now. */
+/* Push one packed BGR frame (rows of `stride` bytes); it is copied before the call returns (the caller may reuse `data` at once) and converted to I420 on the source's own thread. `timestamp_us` < 0 means now. */
 SORA_C_API int sora_video_source_push_bgr(sora_video_source *source, const uint8_t *data, int32_t width,
                                           int32_t height, int32_t stride, int64_t timestamp_us);
 /* Push one I420 frame given as three planes with their strides; it is copied. */

@@ -33,6 +33,8 @@ void sora_set_leaky_queue(GstElement *queue, guint max_buffers, guint max_bytes)
  * goes before it (`raw`: a bin that fits every frame size to what the encoder takes, to go before any element
  * that negotiates a size) and after it (`post`: a caps
  * filter, or NULL), and the RTP payloader. Missing factories are appended to `missing`; an unknown codec is SORA_ERR_UNSUPPORTED. */
+/* The libvpx version the vpx elements use, as 0xMMmmpp (0: unknown). */
+guint sora_libvpx_version(void);
 int sora_video_encoder_make(const char *codec, const char *element, guint bps, GString *missing, GstElement **raw,
                             GstElement **enc, GstElement **post, GstElement **pay);
 

@@ -1,12 +1,34 @@
 /* Application media sources and their links to the peers that send them. */
 #include <libyuv.h>
+#include <string.h>
 
 #include "internal.h"
+
+/* A BGR frame copied out of the application's array, waiting for the source's converter thread. */
+typedef struct {
+  guint8 *data; /* packed rows of width * 3 bytes */
+  gsize capacity;
+  gint width, height;
+} staged_frame;
+
+/* Frames waiting for conversion beyond this are dropped, oldest first (the encoder branch keeps 2 as well). */
+#define STAGED_MAX 2
 
 struct sora_video_source {
   sora_context *ctx;
   GList *links; /* sora_link*, protected by ctx->media_lock */
-  gint64 frames;
+  /* on_captured() copies the frame (a plain memcpy, 2-3x quicker than converting it) and returns; the source's
+   * converter thread turns it into I420 and pushes it to the links. */
+  GMutex lock;   /* the fields below */
+  GCond cond;
+  GThread *thread;
+  gboolean stop;
+  GQueue queue;  /* staged_frame*, oldest first */
+  GSList *spare; /* staged_frame* to reuse */
+  gint64 frames; /* accepted by push_bgr / push_i420 */
+  GMutex pool_lock;
+  GstBufferPool *pool; /* I420 buffers of pool_width x pool_height, reused once the pipeline releases them */
+  gint pool_width, pool_height;
 };
 
 struct sora_audio_source {
@@ -82,6 +104,10 @@ SORA_C_API int sora_video_source_create(sora_context *ctx, sora_video_source **o
   if (ctx->stopping) return sora_fail(SORA_ERR_INVALID_STATE, "context is being destroyed");
   sora_video_source *src = g_new0(sora_video_source, 1);
   src->ctx = ctx;
+  g_mutex_init(&src->lock);
+  g_cond_init(&src->cond);
+  g_queue_init(&src->queue);
+  g_mutex_init(&src->pool_lock);
   g_mutex_lock(&ctx->lock);
   ctx->video_sources = g_list_prepend(ctx->video_sources, src);
   g_mutex_unlock(&ctx->lock);
@@ -92,7 +118,6 @@ SORA_C_API int sora_video_source_create(sora_context *ctx, sora_video_source **o
 /* Every frame enters the pipelines as I420 in BT.601 limited range (what libwebrtc senders produce). */
 static void push_video(sora_video_source *src, GstBuffer *buf, gint width, gint height) {
   g_mutex_lock(&src->ctx->media_lock);
-  src->frames++;
   for (GList *l = src->links; l; l = l->next) {
     sora_link *link = l->data;
     if (link->last_width != width || link->last_height != height) {
@@ -116,18 +141,88 @@ static int check_size(gint width, gint height) {
   return SORA_OK;
 }
 
-/* A new I420 buffer for a width x height frame, mapped for writing: its planes and their strides. NULL: no memory. */
-static GstBuffer *new_i420(gint width, gint height, GstMapInfo *map, uint8_t *planes[3], gint strides[3]) {
+/* An I420 buffer for a width x height frame from the source's pool, mapped for writing: its planes and their
+ * strides. NULL: no memory. */
+static GstBuffer *new_i420(sora_video_source *src, gint width, gint height, GstMapInfo *map, uint8_t *planes[3],
+                           gint strides[3]) {
   GstVideoInfo info;
   gst_video_info_set_format(&info, GST_VIDEO_FORMAT_I420, width, height);
-  GstBuffer *buf = gst_buffer_new_allocate(NULL, GST_VIDEO_INFO_SIZE(&info), NULL);
+  g_mutex_lock(&src->pool_lock);
+  if (!src->pool || src->pool_width != width || src->pool_height != height) {
+    if (src->pool) {
+      gst_buffer_pool_set_active(src->pool, FALSE); /* buffers still in the pipeline are freed when released */
+      gst_object_unref(src->pool);
+    }
+    src->pool = gst_buffer_pool_new();
+    GstStructure *config = gst_buffer_pool_get_config(src->pool);
+    gst_buffer_pool_config_set_params(config, NULL, (guint)GST_VIDEO_INFO_SIZE(&info), 0, 0);
+    if (!gst_buffer_pool_set_config(src->pool, config) || !gst_buffer_pool_set_active(src->pool, TRUE)) {
+      gst_object_unref(src->pool);
+      src->pool = NULL;
+    }
+    src->pool_width = width;
+    src->pool_height = height;
+  }
+  GstBufferPool *pool = src->pool ? gst_object_ref(src->pool) : NULL;
+  g_mutex_unlock(&src->pool_lock);
+  GstBuffer *buf = NULL;
+  if (pool) {
+    if (gst_buffer_pool_acquire_buffer(pool, &buf, NULL) != GST_FLOW_OK) buf = NULL;
+    gst_object_unref(pool);
+  } else {
+    buf = gst_buffer_new_allocate(NULL, GST_VIDEO_INFO_SIZE(&info), NULL);
+  }
   if (!buf) return NULL;
-  gst_buffer_map(buf, map, GST_MAP_WRITE);
+  if (!gst_buffer_map(buf, map, GST_MAP_WRITE)) {
+    gst_buffer_unref(buf);
+    return NULL;
+  }
   for (gint p = 0; p < 3; p++) {
     planes[p] = map->data + GST_VIDEO_INFO_PLANE_OFFSET(&info, p);
     strides[p] = GST_VIDEO_INFO_PLANE_STRIDE(&info, p);
   }
   return buf;
+}
+
+static void staged_free(gpointer data) {
+  staged_frame *f = data;
+  g_free(f->data);
+  g_free(f);
+}
+
+/* Keep a converted (or dropped) frame's block for the next push; caller holds src->lock. */
+static void staged_recycle(sora_video_source *src, staged_frame *f) {
+  if (g_slist_length(src->spare) < STAGED_MAX + 1)
+    src->spare = g_slist_prepend(src->spare, f);
+  else
+    staged_free(f);
+}
+
+/* The converter thread: BGR -> I420 (libyuv, BT.601 limited range as libwebrtc converts, about 10x faster than
+ * videoconvert), then to every link. */
+static gpointer convert_main(gpointer data) {
+  sora_video_source *src = data;
+  g_mutex_lock(&src->lock);
+  for (;;) {
+    while (!src->stop && g_queue_is_empty(&src->queue)) g_cond_wait(&src->cond, &src->lock);
+    if (src->stop) break;
+    staged_frame *f = g_queue_pop_head(&src->queue);
+    g_mutex_unlock(&src->lock);
+    GstMapInfo map;
+    uint8_t *planes[3];
+    gint strides[3];
+    GstBuffer *buf = new_i420(src, f->width, f->height, &map, planes, strides);
+    if (buf) {
+      RGB24ToI420(f->data, f->width * 3, planes[0], strides[0], planes[1], strides[1], planes[2], strides[2],
+                  f->width, f->height);
+      gst_buffer_unmap(buf, &map);
+      push_video(src, buf, f->width, f->height);
+    }
+    g_mutex_lock(&src->lock);
+    staged_recycle(src, f);
+  }
+  g_mutex_unlock(&src->lock);
+  return NULL;
 }
 
 SORA_C_API int sora_video_source_push_bgr(sora_video_source *src, const uint8_t *data, int32_t width, int32_t height,
@@ -138,16 +233,39 @@ SORA_C_API int sora_video_source_push_bgr(sora_video_source *src, const uint8_t 
   int rc = check_size(width, height);
   if (rc) return rc;
   if (stride < width * 3) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "stride %d is smaller than width*3", stride);
-  GstMapInfo map;
-  uint8_t *planes[3];
-  gint strides[3];
-  GstBuffer *buf = new_i420(width, height, &map, planes, strides);
-  if (!buf) return sora_fail(SORA_ERR_NO_MEMORY, "cannot allocate a %dx%d frame", width, height);
-  /* The one conversion: straight from the caller's pixels into the encoder's I420 (libyuv, BT.601 limited range as
-   * libwebrtc converts), about 10x faster than videoconvert and without an intermediate BGR copy. */
-  RGB24ToI420(data, stride, planes[0], strides[0], planes[1], strides[1], planes[2], strides[2], width, height);
-  gst_buffer_unmap(buf, &map);
-  push_video(src, buf, width, height);
+  gsize row = (gsize)width * 3, need = row * (gsize)height;
+  g_mutex_lock(&src->lock);
+  staged_frame *f = NULL;
+  if (src->spare) {
+    f = src->spare->data;
+    src->spare = g_slist_delete_link(src->spare, src->spare);
+  }
+  g_mutex_unlock(&src->lock);
+  if (!f) f = g_new0(staged_frame, 1);
+  if (f->capacity < need) {
+    g_free(f->data);
+    f->data = g_try_malloc(need);
+    f->capacity = f->data ? need : 0;
+    if (!f->data) {
+      g_free(f);
+      return sora_fail(SORA_ERR_NO_MEMORY, "cannot allocate a %dx%d frame", width, height);
+    }
+  }
+  /* The only work done on the application's thread: one copy, so the caller may reuse its array at once. */
+  if ((gsize)stride == row) {
+    memcpy(f->data, data, need);
+  } else {
+    for (gint y = 0; y < height; y++) memcpy(f->data + row * (gsize)y, data + (gsize)stride * (gsize)y, row);
+  }
+  f->width = width;
+  f->height = height;
+  g_mutex_lock(&src->lock);
+  src->frames++;
+  while (g_queue_get_length(&src->queue) >= STAGED_MAX) staged_recycle(src, g_queue_pop_head(&src->queue));
+  g_queue_push_tail(&src->queue, f);
+  if (!src->thread && !src->stop) src->thread = g_thread_new("sora-convert", convert_main, src);
+  g_cond_signal(&src->cond);
+  g_mutex_unlock(&src->lock);
   return SORA_OK;
 }
 
@@ -165,8 +283,11 @@ SORA_C_API int sora_video_source_push_i420(sora_video_source *src, const uint8_t
   GstMapInfo map;
   uint8_t *planes[3];
   gint strides[3];
-  GstBuffer *buf = new_i420(width, height, &map, planes, strides);
+  GstBuffer *buf = new_i420(src, width, height, &map, planes, strides);
   if (!buf) return sora_fail(SORA_ERR_NO_MEMORY, "cannot allocate a %dx%d frame", width, height);
+  g_mutex_lock(&src->lock);
+  src->frames++;
+  g_mutex_unlock(&src->lock);
   I420Copy(y, stride_y, u, stride_u, v, stride_v, planes[0], strides[0], planes[1], strides[1], planes[2], strides[2],
            width, height);
   gst_buffer_unmap(buf, &map);
@@ -177,9 +298,9 @@ SORA_C_API int sora_video_source_push_i420(sora_video_source *src, const uint8_t
 SORA_C_API int64_t sora_video_source_frame_count(sora_video_source *src) {
   sora_clear_error();
   if (!src) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "source is NULL");
-  g_mutex_lock(&src->ctx->media_lock);
+  g_mutex_lock(&src->lock);
   gint64 n = src->frames;
-  g_mutex_unlock(&src->ctx->media_lock);
+  g_mutex_unlock(&src->lock);
   return n;
 }
 
@@ -192,10 +313,26 @@ SORA_C_API int sora_video_source_destroy(sora_video_source *src) {
   ctx->video_sources = g_list_remove(ctx->video_sources, src);
   g_mutex_unlock(&ctx->lock);
   if (!listed) return sora_fail(SORA_ERR_INVALID_STATE, "video source was already destroyed");
+  g_mutex_lock(&src->lock);
+  src->stop = TRUE;
+  GThread *thread = src->thread;
+  src->thread = NULL;
+  g_cond_signal(&src->cond);
+  g_mutex_unlock(&src->lock);
+  if (thread) g_thread_join(thread); /* (it never calls the application, so this never waits on a callback) */
   g_mutex_lock(&ctx->media_lock);
   detach_source_links(src->links);
   g_list_free(src->links);
   g_mutex_unlock(&ctx->media_lock);
+  g_queue_clear_full(&src->queue, staged_free);
+  g_slist_free_full(src->spare, staged_free);
+  if (src->pool) {
+    gst_buffer_pool_set_active(src->pool, FALSE);
+    gst_object_unref(src->pool);
+  }
+  g_mutex_clear(&src->pool_lock);
+  g_cond_clear(&src->cond);
+  g_mutex_clear(&src->lock);
   g_free(src);
   return SORA_OK;
 }

@@ -10,6 +10,10 @@ from .._ffi import check, ffi, lib
 from .track import SoraTrackInterface, random_track_id
 
 
+_NDARRAY = np.ndarray
+_UINT8 = np.dtype(np.uint8)
+
+
 def _check_bgr(ndarray) -> np.ndarray:
     if not isinstance(ndarray, np.ndarray):
         raise TypeError("on_captured() expects a numpy.ndarray of shape (height, width, 3) and dtype uint8, got %s"
@@ -56,25 +60,53 @@ class SoraVideoSource(SoraTrackInterface):
         return self._ptr
 
     def on_captured(self, ndarray, timestamp: Union[float, int, None] = None) -> None:
-        """Send one BGR frame (H x W x 3 uint8). `timestamp`: seconds (float) or microseconds (int)."""
+        """Send one BGR frame (H x W x 3 uint8). `timestamp`: seconds (float) or microseconds (int).
+
+        The call copies the frame and returns; the conversion to I420 runs on the source's own thread."""
+        # The common case in as few steps as possible: the call runs on the application's capture thread, often
+        # with cold caches, where every Python operation costs.
+        if (timestamp is None and type(ndarray) is _NDARRAY and ndarray.dtype is _UINT8 and self._enabled
+                and ndarray.flags.c_contiguous):
+            shape = ndarray.shape
+            if len(shape) == 3 and shape[2] == 3 and shape[0] and shape[1]:
+                height, width = shape[0], shape[1]
+                self._size = (width, height)
+                context = self._context
+                if context._enter():
+                    try:
+                        rc = lib.sora_video_source_push_bgr(self._ptr, ffi.from_buffer(ndarray), width, height,
+                                                            width * 3, -1)
+                    finally:
+                        context._leave()
+                    if rc < 0:
+                        check(rc, "on_captured")
+                    return
         frame = _check_bgr(ndarray)
-        if timestamp is not None and not isinstance(timestamp, (int, float)):
-            raise TypeError("timestamp must be float seconds or int microseconds, got %s" % type(timestamp).__name__)
         if timestamp is None:
-            ts_us = int(time.time() * 1e6)
+            ts_us = -1  # now (the engine stamps frames when they enter it)
         elif isinstance(timestamp, float):
             ts_us = int(timestamp * 1e6)
+        elif isinstance(timestamp, int):
+            ts_us = timestamp
         else:
-            ts_us = int(timestamp)
+            raise TypeError("timestamp must be float seconds or int microseconds, got %s" % type(timestamp).__name__)
         height, width = frame.shape[0], frame.shape[1]
         self._size = (width, height)
-        if not self.enabled:
+        if not self._enabled:
             if self._black is None or self._black.shape != frame.shape:
                 self._black = np.zeros_like(frame)
             frame = self._black
-        with self._context.use():
-            check(lib.sora_video_source_push_bgr(self._ptr, _rows(frame), width, height, frame.strides[0],
-                                                 ts_us), "on_captured")
+        context = self._context
+        if not context._enter():
+            from ..errors import SoraInvalidState
+
+            raise SoraInvalidState("the Sora instance is closed")
+        try:
+            rc = lib.sora_video_source_push_bgr(self._ptr, _rows(frame), width, height, frame.strides[0], ts_us)
+        finally:
+            context._leave()
+        if rc < 0:
+            check(rc, "on_captured")
 
     async def capture(self, ndarray, timestamp: Union[float, int, None] = None) -> None:
         """on_captured() on a worker thread, for coroutines that must not spend the conversion's time on their
