@@ -404,6 +404,7 @@ static void on_sctpdec_pad_added(GstElement *dec, GstPad *pad, sora_peer *peer) 
 static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *element, sora_peer *peer) {
   (void)bin;
   (void)sub;
+  sora_dtls_certificate_apply(element);
   GstElementFactory *factory = gst_element_get_factory(element);
   if (factory && g_strcmp0(GST_OBJECT_NAME(factory), "sctpdec") == 0)
     g_signal_connect(element, "pad-added", G_CALLBACK(on_sctpdec_pad_added), peer);
@@ -1005,6 +1006,7 @@ static int create_description(sora_peer *peer, gboolean offer, char **sdp_out) {
   gst_promise_unref(promise);
   if (rc) return rc;
   if (!desc) return sora_fail(SORA_ERR_ENGINE, "%s: webrtcbin returned no description", what);
+  sora_dtls_certificate_fix_sdp(desc->sdp);
   GstPromise *set = promise_new(&w);
   g_signal_emit_by_name(peer->webrtc, "set-local-description", desc, set);
   rc = promise_wait(set, w, "set-local-description", &reply);
@@ -1477,7 +1479,11 @@ static GstStructure *dtls_transport_stats(sora_peer *peer) {
                       "ice-role", G_TYPE_STRING, enum_nick(GST_TYPE_WEBRTC_ICE_ROLE, ice->role), NULL);
     gst_object_unref(ice);
   }
-  if (cert) gst_structure_set(s, "certificate", G_TYPE_STRING, cert, NULL);
+  if (cert) { /* ours also holds the private key (dtlscert.c): only the certificate goes out */
+    char *public_part = sora_dtls_certificate_public(cert);
+    gst_structure_set(s, "certificate", G_TYPE_STRING, public_part, NULL);
+    g_free(public_part);
+  }
   if (remote) gst_structure_set(s, "remote-certificate", G_TYPE_STRING, remote, NULL);
   g_free(cert);
   g_free(remote);
