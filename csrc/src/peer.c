@@ -3,6 +3,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <sys/socket.h>
+
+#include <nice/agent.h>
+
 #include "internal.h"
 
 #define PROMISE_TIMEOUT_US (15 * G_TIME_SPAN_SECOND)
@@ -649,6 +653,24 @@ static void on_new_jitterbuffer(GstElement *rtpbin, GstElement *jitterbuffer, gu
   g_object_set(jitterbuffer, "rtx-next-seqnum", FALSE, NULL);
 }
 
+/* The socket ICE chose gets a 1 MiB receive buffer (the kernel default, 208 KiB, holds ~90 packets): a data-channel
+ * burst (64 x 16 KiB messages in flight) or a video key frame that arrives while the receiving thread waits for a
+ * CPU overflowed it, and every packet the kernel dropped cost SCTP a retransmission and its congestion window
+ * (seen as UDP receive-buffer errors; A -> server -> B data-channel throughput fell with them). Not more than
+ * net.core.rmem_max allows. */
+#define ICE_RECEIVE_BUFFER (1024 * 1024)
+
+static void on_selected_pair(NiceAgent *agent, guint stream, guint component, gchar *local, gchar *remote,
+                             gpointer data) {
+  (void)local, (void)remote, (void)data;
+  GSocket *socket = nice_agent_get_selected_socket(agent, stream, component);
+  if (!socket) return;
+  gint size = 0;
+  if (g_socket_get_option(socket, SOL_SOCKET, SO_RCVBUF, &size, NULL) && size < 2 * ICE_RECEIVE_BUFFER)
+    g_socket_set_option(socket, SOL_SOCKET, SO_RCVBUF, ICE_RECEIVE_BUFFER, NULL);
+  g_object_unref(socket);
+}
+
 SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *config, const sora_callbacks *callbacks,
                                 sora_peer **out) {
   sora_clear_error();
@@ -720,6 +742,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
       GParamSpec *spec = g_object_class_find_property(G_OBJECT_GET_CLASS(agent), "keepalive-conncheck");
       if (spec && (spec->flags & G_PARAM_WRITABLE) && !(spec->flags & G_PARAM_CONSTRUCT_ONLY))
         g_object_set(agent, "keepalive-conncheck", TRUE, NULL);
+      if (NICE_IS_AGENT(agent)) g_signal_connect(agent, "new-selected-pair", G_CALLBACK(on_selected_pair), NULL);
       g_object_unref(agent);
     }
   }
