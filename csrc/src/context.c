@@ -206,7 +206,6 @@ SORA_C_API int sora_context_destroy(sora_context *ctx) {
     return sora_fail(SORA_ERR_INVALID_STATE, "a context cannot be destroyed from its own dispatcher thread");
   ctx->stopping = TRUE;
   warm_join();
-  sora_dtls_certificate_shutdown();
   sora_peer_destroy_all(ctx);
   sora_source_destroy_all(ctx);
   sora_transform_destroy_all(ctx);

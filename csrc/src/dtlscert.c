@@ -13,8 +13,9 @@
  *     it, so a DTLS handshake that used it would fail (it does not silently weaken anything). On any other thread
  *     the copy generates real keys. GStreamer 1.28+ makes an ECDSA key itself and never calls this.
  *
- * If the EC key or the certificate cannot be made, nothing of this is used: GStreamer's own RSA certificate is made
- * on a thread (as before this module) and webrtcbin's fingerprints stand. */
+ * If the EC key or the certificate cannot be made, nothing of this is used: GStreamer's own RSA certificate stands
+ * (the engine warm-up thread of context.c makes it ahead, as before this module), and so do webrtcbin's fingerprints
+ * (webrtcbin writes them per media, where they are replaced). */
 #define OPENSSL_SUPPRESS_DEPRECATED /* RSA_METHOD: the only hook into the plugin's RSA_generate_key_ex */
 #include <string.h>
 
@@ -33,7 +34,6 @@ static GMutex cert_lock;
 static gboolean cert_done;
 static char *cert_pem;                /* certificate + PKCS#8 key, PEM; NULL: GStreamer's own certificate */
 static char cert_fingerprint[32 * 3]; /* "AB:CD:..." (sha-256 of the DER certificate) */
-static GThread *fallback_thread;      /* GStreamer's RSA key, made ahead when ours could not be made */
 
 static EVP_PKEY *make_ec_key(void) {
   EVP_PKEY *key = NULL;
@@ -129,21 +129,6 @@ static void make_generated_certificate_cheap(void) {
   if (dtls) gst_object_unref(dtls);
 }
 
-static gpointer fallback_main(gpointer data) {
-  (void)data;
-  GstElement *dtls = gst_element_factory_make("dtlsdec", NULL);
-  if (dtls) gst_object_unref(dtls);
-  return NULL;
-}
-
-static void fallback_join(void) {
-  g_mutex_lock(&cert_lock);
-  GThread *thread = fallback_thread;
-  fallback_thread = NULL;
-  g_mutex_unlock(&cert_lock);
-  if (thread) g_thread_join(thread);
-}
-
 void sora_dtls_certificate_init(void) {
   g_mutex_lock(&cert_lock);
   if (cert_done) {
@@ -163,16 +148,9 @@ void sora_dtls_certificate_init(void) {
   }
   X509_free(x509);
   EVP_PKEY_free(key);
-  if (cert_pem) {
-    make_generated_certificate_cheap();
-  } else {
-    fallback_thread = g_thread_try_new("sora-dtls-key", fallback_main, NULL, NULL);
-    if (fallback_thread) atexit(fallback_join); /* never into OpenSSL's exit-time cleanup */
-  }
+  if (cert_pem) make_generated_certificate_cheap();
   g_mutex_unlock(&cert_lock);
 }
-
-void sora_dtls_certificate_shutdown(void) { fallback_join(); }
 
 void sora_dtls_certificate_apply(GstElement *element) {
   GstElementFactory *factory = gst_element_get_factory(element);
@@ -192,13 +170,6 @@ void sora_dtls_certificate_fix_sdp(GstSDPMessage *sdp) {
       gst_sdp_attribute_set(&fixed, "fingerprint", value);
       gst_sdp_media_replace_attribute(media, i, &fixed);
     }
-  }
-  for (guint i = 0; i < gst_sdp_message_attributes_len(sdp); i++) {
-    const GstSDPAttribute *attr = gst_sdp_message_get_attribute(sdp, i);
-    if (g_strcmp0(attr->key, "fingerprint") != 0) continue;
-    GstSDPAttribute fixed;
-    gst_sdp_attribute_set(&fixed, "fingerprint", value);
-    gst_sdp_message_replace_attribute(sdp, i, &fixed);
   }
   g_free(value);
 }

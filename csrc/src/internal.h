@@ -20,7 +20,6 @@ void sora_engine_init(void);
 
 /* dtlscert.c: the process's ECDSA P-256 DTLS certificate (made by sora_context_create) */
 void sora_dtls_certificate_init(void);
-void sora_dtls_certificate_shutdown(void);
 void sora_dtls_certificate_apply(GstElement *element); /* from the peer's deep-element-added */
 void sora_dtls_certificate_fix_sdp(GstSDPMessage *sdp);  /* a local description, before it is set */
 char *sora_dtls_certificate_public(const char *pem);    /* the certificate alone, without the key */
