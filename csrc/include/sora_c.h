@@ -58,7 +58,7 @@ extern "C" {
 
 /* ABI version: major changes break callers, minor changes only add. */
 #define SORA_C_ABI_MAJOR 1
-#define SORA_C_ABI_MINOR 4
+#define SORA_C_ABI_MINOR 5
 
 /* ---- error codes ------------------------------------------------------ */
 #define SORA_OK 0
@@ -205,6 +205,8 @@ SORA_C_API void sora_c_release(void *ref);
 SORA_C_API const char *sora_c_engine_version(void);
 /* 1 if the named engine element (encoder, decoder, ...) can be created, else 0. */
 SORA_C_API int sora_c_element_available(const char *name);
+/* Since 1.5: start the engine, DTLS certificate and transport plugins on a thread, return at once (optional). */
+SORA_C_API void sora_c_prepare(void);
 /* Release a string or buffer returned by this library; NULL is ignored. */
 SORA_C_API void sora_c_free(void *ptr);
 /* Route engine logs of at least `severity` (SORA_LOG_*) to stderr; SORA_LOG_NONE turns them off. */

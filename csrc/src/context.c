@@ -1,7 +1,6 @@
 /* The context: one dispatcher thread that delivers every event in order. */
-#include <string.h>
-
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -108,18 +107,28 @@ static gpointer dispatcher_main(gpointer data) {
 }
 
 /* ---- engine warm-up ----------------------------------------------------------------
- * The first DTLS element of a process generates the certificate every later connection shares (an RSA
- * key: 0.1-0.8 s here). A thread started with the first context does it while the application is still
- * setting up, so the first connect() does not wait for it. Context destroy and process exit join it, so
- * the key generation never runs into OpenSSL's own exit-time cleanup. */
+ * The first connection of a process needs the engine started (gst_init, ~13 ms), the DTLS certificate (dtlscert.c,
+ * with the dtls plugin and OpenSSL: ~10 ms) and the transport's plugins loaded with their element classes made:
+ * srtp (libsrtp2 initialises NSS, whose softoken runs its power-up self-tests: ~40 ms), nice, webrtc, rtpmanager,
+ * sctp. sora_c_prepare (the Python package calls it when it loads the shim, so this overlaps the rest of its import)
+ * or else the first sora_context_create starts a thread that does it all; sora_context_create waits only for the
+ * certificate. Context destroy and process
+ * exit join it. */
 static GMutex warm_lock;
 static GThread *warm_thread;
 static gboolean warm_started;
 
 static gpointer warm_main(gpointer data) {
   (void)data;
-  GstElement *dtls = gst_element_factory_make("dtlsdec", NULL);
-  if (dtls) gst_object_unref(dtls);
+  sora_engine_init();
+  if (!gst_is_initialized()) return NULL;
+  sora_dtls_certificate_init();
+  static const char *const names[] = {"dtlssrtpenc", "dtlssrtpdec", "nicesrc", "nicesink", "webrtcbin",
+                                      "rtpstorage", "rtprtxsend", "rtprtxreceive", "rtpfunnel", "sctpenc", "sctpdec"};
+  for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
+    GstElement *element = gst_element_factory_make(names[i], NULL);
+    if (element) gst_object_unref(gst_object_ref_sink(element));
+  }
   return NULL;
 }
 
@@ -136,10 +145,14 @@ static void warm_up(void) {
   if (!warm_started && !g_getenv("SORA_SDK_NO_WARM_UP")) {
     warm_started = TRUE;
     warm_thread = g_thread_try_new("sora-warm-up", warm_main, NULL, NULL);
-    if (warm_thread) atexit(warm_join);
+    if (warm_thread) {
+      atexit(warm_join);
+    }
   }
   g_mutex_unlock(&warm_lock);
 }
+
+SORA_C_API void sora_c_prepare(void) { warm_up(); }
 
 SORA_C_API int sora_context_create(const sora_callbacks *callbacks, sora_context **out) {
   sora_clear_error();
@@ -166,6 +179,8 @@ SORA_C_API int sora_context_create(const sora_callbacks *callbacks, sora_context
     g_free(ctx);
     return rc;
   }
+  /* The process's DTLS certificate, before connect() needs it (dtlscert.c: ~1 ms, not GStreamer's RSA key). */
+  sora_dtls_certificate_init();
   warm_up();
   *out = ctx;
   return SORA_OK;

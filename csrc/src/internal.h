@@ -18,6 +18,12 @@ int sora_fail(int code, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 void sora_clear_error(void);
 void sora_engine_init(void);
 
+/* dtlscert.c: the process's ECDSA P-256 DTLS certificate (made by sora_context_create) */
+void sora_dtls_certificate_init(void);
+void sora_dtls_certificate_apply(GstElement *element); /* from the peer's deep-element-added */
+void sora_dtls_certificate_fix_sdp(GstSDPMessage *sdp);  /* a local description, before it is set */
+char *sora_dtls_certificate_public(const char *pem);    /* the certificate alone, without the key */
+
 /* ---- AV1 RTP elements (av1rtp.c) ---- */
 /* Registers sorartpav1pay / sorartpav1depay (once; called by the engine start). */
 void sora_register_av1_elements(void);

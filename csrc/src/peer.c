@@ -3,6 +3,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <sys/socket.h>
+
+#include <nice/agent.h>
+
 #include "internal.h"
 
 #define PROMISE_TIMEOUT_US (15 * G_TIME_SPAN_SECOND)
@@ -404,6 +408,7 @@ static void on_sctpdec_pad_added(GstElement *dec, GstPad *pad, sora_peer *peer) 
 static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *element, sora_peer *peer) {
   (void)bin;
   (void)sub;
+  sora_dtls_certificate_apply(element);
   GstElementFactory *factory = gst_element_get_factory(element);
   if (factory && g_strcmp0(GST_OBJECT_NAME(factory), "sctpdec") == 0)
     g_signal_connect(element, "pad-added", G_CALLBACK(on_sctpdec_pad_added), peer);
@@ -648,6 +653,24 @@ static void on_new_jitterbuffer(GstElement *rtpbin, GstElement *jitterbuffer, gu
   g_object_set(jitterbuffer, "rtx-next-seqnum", FALSE, NULL);
 }
 
+/* The socket ICE chose gets a 1 MiB receive buffer (the kernel default, 208 KiB, holds ~90 packets): a data-channel
+ * burst (64 x 16 KiB messages in flight) or a video key frame that arrives while the receiving thread waits for a
+ * CPU overflowed it, and every packet the kernel dropped cost SCTP a retransmission and its congestion window
+ * (seen as UDP receive-buffer errors; A -> server -> B data-channel throughput fell with them). Not more than
+ * net.core.rmem_max allows. */
+#define ICE_RECEIVE_BUFFER (1024 * 1024)
+
+static void on_selected_pair(NiceAgent *agent, guint stream, guint component, gchar *local, gchar *remote,
+                             gpointer data) {
+  (void)local, (void)remote, (void)data;
+  GSocket *socket = nice_agent_get_selected_socket(agent, stream, component);
+  if (!socket) return;
+  gint size = 0;
+  if (g_socket_get_option(socket, SOL_SOCKET, SO_RCVBUF, &size, NULL) && size < 2 * ICE_RECEIVE_BUFFER)
+    g_socket_set_option(socket, SOL_SOCKET, SO_RCVBUF, ICE_RECEIVE_BUFFER, NULL);
+  g_object_unref(socket);
+}
+
 SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *config, const sora_callbacks *callbacks,
                                 sora_peer **out) {
   sora_clear_error();
@@ -719,6 +742,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
       GParamSpec *spec = g_object_class_find_property(G_OBJECT_GET_CLASS(agent), "keepalive-conncheck");
       if (spec && (spec->flags & G_PARAM_WRITABLE) && !(spec->flags & G_PARAM_CONSTRUCT_ONLY))
         g_object_set(agent, "keepalive-conncheck", TRUE, NULL);
+      if (NICE_IS_AGENT(agent)) g_signal_connect(agent, "new-selected-pair", G_CALLBACK(on_selected_pair), NULL);
       g_object_unref(agent);
     }
   }
@@ -1005,6 +1029,7 @@ static int create_description(sora_peer *peer, gboolean offer, char **sdp_out) {
   gst_promise_unref(promise);
   if (rc) return rc;
   if (!desc) return sora_fail(SORA_ERR_ENGINE, "%s: webrtcbin returned no description", what);
+  sora_dtls_certificate_fix_sdp(desc->sdp);
   GstPromise *set = promise_new(&w);
   g_signal_emit_by_name(peer->webrtc, "set-local-description", desc, set);
   rc = promise_wait(set, w, "set-local-description", &reply);
@@ -1477,7 +1502,11 @@ static GstStructure *dtls_transport_stats(sora_peer *peer) {
                       "ice-role", G_TYPE_STRING, enum_nick(GST_TYPE_WEBRTC_ICE_ROLE, ice->role), NULL);
     gst_object_unref(ice);
   }
-  if (cert) gst_structure_set(s, "certificate", G_TYPE_STRING, cert, NULL);
+  if (cert) { /* ours also holds the private key (dtlscert.c): only the certificate goes out */
+    char *public_part = sora_dtls_certificate_public(cert);
+    gst_structure_set(s, "certificate", G_TYPE_STRING, public_part, NULL);
+    g_free(public_part);
+  }
   if (remote) gst_structure_set(s, "remote-certificate", G_TYPE_STRING, remote, NULL);
   g_free(cert);
   g_free(remote);

@@ -392,7 +392,8 @@ NULL_CALLS = [
 ]
 
 # Functions without a handle or pointer argument to pass NULL to.
-NO_NULL_CHECK = {"sora_c_abi_version", "sora_c_last_error", "sora_c_engine_version", "sora_c_set_log_severity"}
+NO_NULL_CHECK = {"sora_c_abi_version", "sora_c_last_error", "sora_c_engine_version", "sora_c_set_log_severity",
+                 "sora_c_prepare"}
 
 
 def test_every_header_function_has_a_null_check():
