@@ -528,8 +528,8 @@ def job_datachannel(sdk, np, session, job, stdin_lines):
 
 def job_overhead(sdk, np, session, job, stdin_lines):
     """on_captured() with no connection: median wall µs per call (paced), and process CPU per frame."""
-    # Start-up work of the SDK outside the CPU window (ours makes the process's DTLS key on a thread when the first
-    # Sora is created, 0.1-0.8 s of CPU that the first size's per-frame CPU counted).
+    # Start-up work of the SDK outside the CPU window (ours loads its engine plugins on a thread at import, about
+    # 70 ms of CPU that the first size's per-frame CPU would count).
     time.sleep(float(job.get("settle", 1.5)))
     video = session.sora.create_video_source()
     session.sources.append(video)
