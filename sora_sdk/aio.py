@@ -12,9 +12,10 @@ waiting. Frame feeds are bounded: when one is full its oldest frame is dropped a
             ...
 
 Calls that block in the callback API (`disconnect()`, `get_stats()`, closing the `Sora`) run on a worker
-thread here. `SoraVideoSource.on_captured()` is not wrapped: it converts the frame and returns (about 0.3 ms
-for 640x480 and 0.7 ms for 1280x720 on one core of the machine the project is built on), which a coroutine can
-afford at 30 fps; `await video.capture(frame)` is the same call on a worker thread for larger frames.
+thread here. `SoraVideoSource.on_captured()` is not wrapped: it copies the frame and returns (about 0.1 ms
+for 640x480 and 0.3 ms for 1280x720 on the machine the project is built on; the conversion runs on the source's
+own thread), which a coroutine can afford at 30 fps; `await video.capture(frame)` is the same call on a worker
+thread for larger frames.
 """
 from __future__ import annotations
 

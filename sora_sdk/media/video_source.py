@@ -41,9 +41,10 @@ def _rows(array: np.ndarray):
 class SoraVideoSource(SoraTrackInterface):
     """A video track fed with `on_captured(frame)`; create it with `Sora.create_video_source()`.
 
-    The frame is converted to I420 during the call (the only copy), so the
-    caller may reuse its array at once. Frames are stamped with the engine
-    clock when they arrive.
+    The frame is copied during the call, so the caller may reuse its array at
+    once; the source's own thread converts it to I420 and hands it to every
+    connection sending the source. Frames are stamped with the engine clock
+    when they arrive.
     """
 
     def __init__(self, context) -> None:
