@@ -193,7 +193,13 @@ def test_padded_sizes_arrive_unpadded_in_bt601(call, size, source):
         assert np.all(np.abs(got - bt601(want)) <= TOLERANCE / 2), (got, bt601(want))
 
 
-def colours_arrive(collector, size, colours) -> None:
+def send_and_check_colours(feeder, collector, size, colours) -> None:
+    """Feed pictures of `size` in two halves of `colours` and check what the receiver's sinks got."""
+    feeder.colours = colours
+    feeder.size = size
+    assert wait_until(lambda: collector.both(size), 20), collector.errors
+    time.sleep(0.5)  # a few more frames after the first ones
+    assert not collector.errors, collector.errors
     width, height = size
     with collector.lock:
         bgr = collector.bgr[size]
@@ -209,23 +215,11 @@ def test_array_reused_right_after_on_captured_does_not_change_the_frame_sent(cal
     # into its array after the call returns must never reach the receiver
     feeder, collector = call
     feeder.scribble = True
-    size = (640, 480)
-    feeder.size = size
-    assert wait_until(lambda: collector.both(size), 20), collector.errors
-    time.sleep(0.5)
-    assert not collector.errors, collector.errors
-    colours_arrive(collector, size, (LEFT, RIGHT))
+    send_and_check_colours(feeder, collector, (640, 480), (LEFT, RIGHT))
 
 
 def test_hd_frames_are_sent_in_bt601(call):
     # From 1280x720 up, GStreamer's default colorimetry is BT.709: the fit stage before the encoder once let it
     # convert every frame (pure red's Y is 82 in BT.601 and 63 in BT.709), which receivers decode as BT.601
     feeder, collector = call
-    red, green = (0, 0, 255), (0, 255, 0)
-    feeder.colours = (red, green)
-    size = (1280, 720)
-    feeder.size = size
-    assert wait_until(lambda: collector.both(size), 20), collector.errors
-    time.sleep(0.5)
-    assert not collector.errors, collector.errors
-    colours_arrive(collector, size, (red, green))
+    send_and_check_colours(feeder, collector, (1280, 720), ((0, 0, 255), (0, 255, 0)))
