@@ -105,8 +105,9 @@ _ELEMENTS: Dict[
         _Type.H265: (("x265enc",), ("avdec_h265", "libde265dec")),
         # AV1 RTP (de)payloading: the shim's own sorartpav1pay/sorartpav1depay
         # (see _RTP_ELEMENTS); GStreamer 1.22 has no AV1 RTP elements. AV1
-        # decoding: the shim's soradav1dec (dav1d), which decodebin prefers.
-        _Type.AV1: (("av1enc",), ("soradav1dec", "av1dec", "dav1ddec")),
+        # decoding: the shim's soradav1dec (dav1d), which decodebin prefers;
+        # encoding: the shim's soraav1enc (libaom with libwebrtc's settings).
+        _Type.AV1: (("soraav1enc", "av1enc"), ("soradav1dec", "av1dec", "dav1ddec")),
     },
     _Impl.INTEL_VPL: {
         _Type.VP8: ((), ()),

@@ -408,8 +408,80 @@ def test_depayloader_waits_for_a_sequence_start(stream):
 
 
 # ---------------------------------------------------------------------------
-# The decoder: soradav1dec (csrc/src/dav1ddec.c, dav1d), what the receive path's decodebin picks
+# The codec elements: soraav1enc (csrc/src/aomenc.c, libaom with libwebrtc's settings), what the send path
+# encodes with, and soradav1dec (csrc/src/dav1ddec.c, dav1d), what the receive path's decodebin picks
 # ---------------------------------------------------------------------------
+
+
+class _BitReader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def get(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            value = (value << 1) | ((self.data[self.pos >> 3] >> (7 - (self.pos & 7))) & 1)
+            self.pos += 1
+        return value
+
+
+def _sequence_tools(payload: bytes) -> Dict[str, int]:
+    """The coding-tool flags of a sequence header OBU (AV1 spec 5.5.1; no reduced still picture, no timing
+    info, as a real-time libaom writes it)."""
+    r = _BitReader(payload)
+    profile, still, reduced = r.get(3), r.get(1), r.get(1)
+    assert (still, reduced) == (0, 0) and r.get(1) == 0  # timing_info_present_flag
+    initial_display_delay = r.get(1)
+    for _ in range(r.get(5) + 1):  # operating points
+        r.get(12)
+        if r.get(5) > 7:
+            r.get(1)
+        if initial_display_delay and r.get(1):
+            r.get(4)
+    width_bits, height_bits = r.get(4) + 1, r.get(4) + 1
+    tools = {"profile": profile, "width": r.get(width_bits) + 1, "height": r.get(height_bits) + 1}
+    if r.get(1):  # frame_id_numbers_present_flag
+        r.get(7)
+    for name in ("use_128x128_superblock", "filter_intra", "intra_edge_filter", "interintra_compound",
+                 "masked_compound", "warped_motion", "dual_filter", "order_hint"):
+        tools[name] = r.get(1)
+    if tools["order_hint"]:
+        tools["jnt_comp"], tools["ref_frame_mvs"] = r.get(1), r.get(1)
+    if r.get(1):  # seq_choose_screen_content_tools
+        screen = 2
+    else:
+        screen = r.get(1)
+    if screen > 0 and not r.get(1):  # seq_choose_integer_mv
+        r.get(1)
+    if tools["order_hint"]:
+        r.get(3)
+    tools["superres"], tools["cdef"], tools["restoration"] = r.get(1), r.get(1), r.get(1)
+    return tools
+
+
+def test_encoder_uses_the_real_time_tools_of_libwebrtc(stream):
+    """soraav1enc sets libaom up as libwebrtc's LibaomAv1Encoder does; the sequence header shows the tools it
+    turned off (GStreamer's av1enc leaves them all on)."""
+    key = of(stream, "E")[0]
+    seq = next(o for o in parse_obus(key) if o.type == OBU_SEQUENCE_HEADER)
+    tools = _sequence_tools(seq.payload)
+    assert (tools["profile"], tools["width"], tools["height"]) == (0, 640, 480), tools
+    off = ("filter_intra", "intra_edge_filter", "interintra_compound", "masked_compound", "warped_motion",
+           "dual_filter", "order_hint", "restoration", "superres")
+    assert {name: tools[name] for name in off} == dict.fromkeys(off, 0), tools
+    assert tools["cdef"] == 1, tools
+
+
+def test_encoder_follows_the_target_bitrate():
+    """Constant bitrate: ten times the target gives several times the bytes, each near its target (2.9 s at
+    15 fps after the key frame)."""
+    sizes = {}
+    for kbps in (60, 600):
+        units = of(roundtrip("smpte", 320, 240, 45, kbps, 1200, decode=False), "E")
+        assert len(units) == 45
+        sizes[kbps] = sum(map(len, units[1:])) * 8 / (44 / 15) / 1000
+    assert sizes[600] > 4 * sizes[60], sizes
+    assert 30 < sizes[60] < 120 and 300 < sizes[600] < 1200, sizes
 
 
 def test_receive_path_decoder_is_dav1d():

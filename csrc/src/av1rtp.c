@@ -729,7 +729,7 @@ void sora_register_av1_elements(void) {
  * returns 0 or a negative sora error code (message in sora_c_last_error()), and on success a g_malloc'd blob
  * (free with sora_c_free) of records:
  *   u8 kind, u32 little-endian length, bytes
- * kind 'E': a temporal unit from av1enc, 'R': an RTP packet from sorartpav1pay (before any drop),
+ * kind 'E': a temporal unit from soraav1enc, 'R': an RTP packet from sorartpav1pay (before any drop),
  * 'X': the index of a dropped RTP packet (u32), 'D': a temporal unit from sorartpav1depay,
  * 'K': a key-frame request from the depayloader reached the encoder (or the source), 'F': a decoded frame
  * (u32 width, u32 height, u32 mean of the first plane). */
@@ -918,7 +918,7 @@ SORA_AV1_TEST_HOOK int soratest_av1rtp_roundtrip(const char *pattern, int width,
 SORA_AV1_TEST_HOOK int soratest_av1rtp_depayload(const unsigned char *packets, size_t packets_len, int decode,
                                                  unsigned char **out, size_t *out_len);
 
-/* videotestsrc (`pattern`, moving) -> av1enc -> sorartpav1pay (drops the RTP packets listed in `drop`)
+/* videotestsrc (`pattern`, moving) -> soraav1enc -> sorartpav1pay (drops the RTP packets listed in `drop`)
  * -> sorartpav1depay [-> soradav1dec]. One streaming thread, so the records are in pipeline order. */
 SORA_AV1_TEST_HOOK int soratest_av1rtp_roundtrip(const char *pattern, int width, int height, int frames, int kbps,
                                                  int mtu, int keyframe_max_dist, const int *drop, int ndrop, int decode,
@@ -929,11 +929,12 @@ SORA_AV1_TEST_HOOK int soratest_av1rtp_roundtrip(const char *pattern, int width,
   sora_engine_init();
   sora_register_av1_elements();
   sora_register_dav1d();
+  sora_register_aomenc();
   gchar *desc = g_strdup_printf(
       "videotestsrc num-buffers=%d pattern=%s horizontal-speed=4 ! "
       "video/x-raw,format=I420,width=%d,height=%d,framerate=15/1 ! "
-      "av1enc name=enc usage-profile=realtime cpu-used=8 threads=1 end-usage=cbr target-bitrate=%d "
-      "min-quantizer=10 max-quantizer=56 keyframe-max-dist=%d lag-in-frames=0 ! "
+      "soraav1enc name=enc cpu-used=10 threads=1 target-bitrate=%d min-quantizer=10 max-quantizer=56 "
+      "keyframe-max-dist=%d ! "
       "sorartpav1pay name=pay mtu=%d pt=45 ! sorartpav1depay name=depay ! %s",
       frames, pattern, width, height, kbps, keyframe_max_dist, mtu, decode ? "soradav1dec name=dec ! fakesink" : "fakesink");
   GError *err = NULL;

@@ -30,6 +30,7 @@ static gpointer engine_init_once(gpointer unused) {
   }
   sora_register_av1_elements();
   sora_register_dav1d();
+  sora_register_aomenc();
   sora_register_pacer();
   return GINT_TO_POINTER(1);
 }
