@@ -25,7 +25,8 @@
  * After a loss it drops everything up to the start of the next coded video sequence (N = 1, or a
  * sequence header) and asks upstream for a key frame (GstForceKeyUnit, which RTCP turns into PLI).
  *
- * The payloader also works around 1.22's av1enc ignoring key-frame requests (see av1enc_key_requests).
+ * The payloader also works around 1.22's av1enc ignoring key-frame requests (see av1enc_key_requests); the engine
+ * itself encodes with the shim's soraav1enc (aomenc.c), which honours them, and decodes with soradav1dec.
  */
 #include <string.h>
 
