@@ -79,7 +79,8 @@ ifeq ($(origin CXX),default)
   CXX := g++
 endif
 PKG_MODULES := gstreamer-1.0 gstreamer-webrtc-1.0 gstreamer-sdp-1.0 gstreamer-app-1.0 \
-               gstreamer-video-1.0 gstreamer-audio-1.0 gstreamer-rtp-1.0 gstreamer-pbutils-1.0 nice libcrypto
+               gstreamer-video-1.0 gstreamer-audio-1.0 gstreamer-rtp-1.0 gstreamer-pbutils-1.0 nice libcrypto \
+               dav1d aom
 WARN      ?= -Wall -Wextra
 CFLAGS    ?= -O2 -g
 CXXFLAGS  ?= -O2 -g

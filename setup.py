@@ -31,7 +31,7 @@ PKG_SHIM = os.path.join(HERE, "sora_sdk", "libsora_c.so")
 PKG_MODULES = [
     "gstreamer-1.0", "gstreamer-webrtc-1.0", "gstreamer-sdp-1.0", "gstreamer-app-1.0",
     "gstreamer-video-1.0", "gstreamer-audio-1.0", "gstreamer-rtp-1.0", "gstreamer-pbutils-1.0",
-    "nice", "libcrypto",
+    "nice", "libcrypto", "dav1d", "aom",
 ]
 CFLAGS = ["-O2", "-g", "-fPIC", "-Wall", "-Wextra", "-std=gnu11", "-fvisibility=hidden",
           "-I" + INC_DIR, "-I" + SRC_DIR]

@@ -104,8 +104,10 @@ _ELEMENTS: Dict[
         _Type.H264: (("x264enc",), ("avdec_h264",)),
         _Type.H265: (("x265enc",), ("avdec_h265", "libde265dec")),
         # AV1 RTP (de)payloading: the shim's own sorartpav1pay/sorartpav1depay
-        # (see _RTP_ELEMENTS); GStreamer 1.22 has no AV1 RTP elements.
-        _Type.AV1: (("av1enc",), ("av1dec", "dav1ddec")),
+        # (see _RTP_ELEMENTS); GStreamer 1.22 has no AV1 RTP elements. AV1
+        # decoding: the shim's soradav1dec (dav1d), which decodebin prefers;
+        # encoding: the shim's soraav1enc (libaom with libwebrtc's settings).
+        _Type.AV1: (("soraav1enc", "av1enc"), ("soradav1dec", "av1dec", "dav1ddec")),
     },
     _Impl.INTEL_VPL: {
         _Type.VP8: ((), ()),

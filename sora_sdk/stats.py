@@ -21,7 +21,7 @@ ENCODER_IMPLEMENTATIONS = {
     "VP8": "libvpx", "VP9": "libvpx", "AV1": "libaom", "H264": "x264", "H265": "x265", "OPUS": "libopus",
 }
 DECODER_IMPLEMENTATIONS = {
-    "VP8": "libvpx", "VP9": "libvpx", "AV1": "libaom", "H264": "FFmpeg", "H265": "FFmpeg", "OPUS": "libopus",
+    "VP8": "libvpx", "VP9": "libvpx", "AV1": "dav1d", "H264": "FFmpeg", "H265": "FFmpeg", "OPUS": "libopus",
 }
 
 

@@ -181,6 +181,10 @@ _hooks.soratest_av1rtp_depayload.restype = ctypes.c_int
 _hooks.soratest_av1rtp_depayload.argtypes = [
     ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
 ]  # fmt: skip
+_hooks.soratest_av1_decode.restype = ctypes.c_int
+_hooks.soratest_av1_decode.argtypes = [
+    ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
+]  # fmt: skip
 _hooks.sora_c_free.argtypes = [ctypes.c_void_p]
 _hooks.sora_c_free.restype = None
 
@@ -215,6 +219,16 @@ def depayload(packets: Sequence[bytes], decode: bool = True) -> List[Tuple[str, 
     blob = b"".join(struct.pack("<I", len(p)) + p for p in packets)
     out, size = ctypes.c_void_p(), ctypes.c_size_t()
     rc = _hooks.soratest_av1rtp_depayload(blob, len(blob), int(decode), ctypes.byref(out), ctypes.byref(size))
+    return _records(rc, out, size)
+
+
+def decode(tus: Sequence[bytes], decoder: Optional[str] = None) -> List[Tuple[str, bytes]]:
+    """Temporal units straight into `decoder` (the engine's soradav1dec when None): its frames ('F') and its
+    key-frame requests ('K')."""
+    blob = b"".join(struct.pack("<I", len(t)) + t for t in tus)
+    out, size = ctypes.c_void_p(), ctypes.c_size_t()
+    rc = _hooks.soratest_av1_decode(blob, len(blob), decoder.encode() if decoder else None, ctypes.byref(out),
+                                    ctypes.byref(size))
     return _records(rc, out, size)
 
 
@@ -391,6 +405,185 @@ def test_depayloader_waits_for_a_sequence_start(stream):
     records = depayload(packets[:1] + packets[2:])
     assert of(records, "D") == []
     assert "K" in "".join(k for k, _ in records)
+
+
+# ---------------------------------------------------------------------------
+# The codec elements: soraav1enc (csrc/src/aomenc.c, libaom with libwebrtc's settings), what the send path
+# encodes with, and soradav1dec (csrc/src/dav1ddec.c, dav1d), what the receive path's decodebin picks
+# ---------------------------------------------------------------------------
+
+
+class _BitReader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def get(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            value = (value << 1) | ((self.data[self.pos >> 3] >> (7 - (self.pos & 7))) & 1)
+            self.pos += 1
+        return value
+
+
+def _sequence_tools(payload: bytes) -> Dict[str, int]:
+    """The coding-tool flags of a sequence header OBU (AV1 spec 5.5.1; no reduced still picture, no timing
+    info, as a real-time libaom writes it)."""
+    r = _BitReader(payload)
+    profile, still, reduced = r.get(3), r.get(1), r.get(1)
+    assert (still, reduced) == (0, 0) and r.get(1) == 0  # timing_info_present_flag
+    initial_display_delay = r.get(1)
+    for _ in range(r.get(5) + 1):  # operating points
+        r.get(12)
+        if r.get(5) > 7:
+            r.get(1)
+        if initial_display_delay and r.get(1):
+            r.get(4)
+    width_bits, height_bits = r.get(4) + 1, r.get(4) + 1
+    tools = {"profile": profile, "width": r.get(width_bits) + 1, "height": r.get(height_bits) + 1}
+    if r.get(1):  # frame_id_numbers_present_flag
+        r.get(7)
+    for name in ("use_128x128_superblock", "filter_intra", "intra_edge_filter", "interintra_compound",
+                 "masked_compound", "warped_motion", "dual_filter", "order_hint"):
+        tools[name] = r.get(1)
+    if tools["order_hint"]:
+        tools["jnt_comp"], tools["ref_frame_mvs"] = r.get(1), r.get(1)
+    if r.get(1):  # seq_choose_screen_content_tools
+        screen = 2
+    else:
+        screen = r.get(1)
+    if screen > 0 and not r.get(1):  # seq_choose_integer_mv
+        r.get(1)
+    if tools["order_hint"]:
+        r.get(3)
+    tools["superres"], tools["cdef"], tools["restoration"] = r.get(1), r.get(1), r.get(1)
+    return tools
+
+
+def test_encoder_uses_the_real_time_tools_of_libwebrtc(stream):
+    """soraav1enc sets libaom up as libwebrtc's LibaomAv1Encoder does; the sequence header shows the tools it
+    turned off (GStreamer's av1enc leaves them all on)."""
+    key = of(stream, "E")[0]
+    seq = next(o for o in parse_obus(key) if o.type == OBU_SEQUENCE_HEADER)
+    tools = _sequence_tools(seq.payload)
+    assert (tools["profile"], tools["width"], tools["height"]) == (0, 640, 480), tools
+    off = ("filter_intra", "intra_edge_filter", "interintra_compound", "masked_compound", "warped_motion",
+           "dual_filter", "order_hint", "restoration", "superres")
+    assert {name: tools[name] for name in off} == dict.fromkeys(off, 0), tools
+    assert tools["cdef"] == 1, tools
+
+
+def test_encoder_follows_the_target_bitrate():
+    """Constant bitrate: ten times the target gives several times the bytes, each near its target (2.9 s at
+    15 fps after the key frame)."""
+    sizes = {}
+    for kbps in (60, 600):
+        units = of(roundtrip("smpte", 320, 240, 45, kbps, 1200, decode=False), "E")
+        assert len(units) == 45
+        sizes[kbps] = sum(map(len, units[1:])) * 8 / (44 / 15) / 1000
+    assert sizes[600] > 4 * sizes[60], sizes
+    assert 30 < sizes[60] < 120 and 300 < sizes[600] < 1200, sizes
+
+
+def test_receive_path_decoder_is_dav1d():
+    assert lib.sora_c_element_available(b"soradav1dec") == 1
+    factory = ctypes.CDLL(_ffi.library_path())  # GStreamer is in the process: ask it for the ranks
+    factory.gst_element_factory_find.restype = ctypes.c_void_p
+    factory.gst_element_factory_find.argtypes = [ctypes.c_char_p]
+    factory.gst_plugin_feature_get_rank.restype = ctypes.c_uint
+    factory.gst_plugin_feature_get_rank.argtypes = [ctypes.c_void_p]
+    factory.gst_object_unref.argtypes = [ctypes.c_void_p]
+    ranks = {}
+    for name in (b"soradav1dec", b"av1dec"):
+        found = factory.gst_element_factory_find(name)
+        if found:
+            ranks[name] = factory.gst_plugin_feature_get_rank(found)
+            factory.gst_object_unref(found)
+    assert ranks[b"soradav1dec"] > ranks.get(b"av1dec", 0), ranks
+
+
+def test_dav1d_output_matches_libaom(stream):
+    """dav1d and libaom are both conformant decoders: the same pictures, frame for frame."""
+    tus = of(stream, "E")
+    ours = decoded(decode(tus))
+    assert len(ours) == len(tus) and {(w, h) for w, h, _ in ours} == {(640, 480)}
+    assert ours == decoded(decode(tus, "av1dec"))
+    assert decoded(stream) == ours  # the roundtrip hook decodes with soradav1dec too
+
+
+def test_dav1d_follows_size_changes(stream):
+    small = of(roundtrip("ball", 320, 240, 6, 200, 1200, decode=False), "E")
+    big = of(stream, "E")
+    records = decode(small + big + small)
+    sizes = [(w, h) for w, h, _ in decoded(records)]
+    assert sizes == [(320, 240)] * len(small) + [(640, 480)] * len(big) + [(320, 240)] * len(small), sizes
+    assert "K" not in "".join(k for k, _ in records)
+
+
+class _Bits:
+    def __init__(self) -> None:
+        self.bits: List[int] = []
+
+    def put(self, value: int, n: int) -> "_Bits":
+        self.bits += [(value >> (n - 1 - i)) & 1 for i in range(n)]
+        return self
+
+    def obu(self, obu_type: int) -> bytes:
+        """As an OBU with obu_size, after trailing bits (a one, then zeros to the byte)."""
+        bits = self.bits + [1]
+        bits += [0] * (-len(bits) % 8)
+        payload = bytes(int("".join(map(str, bits[i:i + 8])), 2) for i in range(0, len(bits), 8))
+        return bytes([(obu_type << 3) | 0x02]) + leb128_bytes(len(payload)) + payload
+
+
+def _huge_still_picture() -> bytes:
+    """A reduced still-picture sequence header of 65536 x 65536 (AV1's largest) and a frame of it: 6 GB of
+    pixels, which the decoder must refuse rather than allocate."""
+    seq = _Bits().put(0, 3).put(1, 1).put(1, 1)  # seq_profile 0, still_picture, reduced_still_picture_header
+    seq.put(31, 5)  # seq_level_idx[0]
+    seq.put(15, 4).put(15, 4).put(65535, 16).put(65535, 16)  # 16-bit sizes, max_frame_{width,height}_minus_1
+    seq.put(0, 3)  # use_128x128_superblock, enable_filter_intra, enable_intra_edge_filter
+    seq.put(0, 3)  # enable_superres, enable_cdef, enable_restoration
+    seq.put(0, 4).put(0, 2).put(0, 1)  # 8-bit, colour, no description, range; chroma position; uv delta q
+    seq.put(0, 1)  # film_grain_params_present
+    frame = bytes([(OBU_FRAME << 3) | 0x02]) + leb128_bytes(64) + bytes(64)
+    return bytes([(OBU_TEMPORAL_DELIMITER << 3) | 0x02, 0]) + seq.obu(OBU_SEQUENCE_HEADER) + frame
+
+
+def test_dav1d_survives_corrupt_input(stream):
+    """Garbage, truncated and bit-flipped temporal units, impossible OBU sizes and a 65536 x 65536 frame: no
+    crash, no pipeline error, no huge allocation; the decoder asks for a key frame and decodes the next one."""
+    import random
+    import resource
+
+    tus = of(stream, "E")
+    key = tus[0]
+    assert is_key_tu(parse_obus(key))
+    rng = random.Random(14)
+    flipped = bytearray(key)
+    for pos in rng.sample(range(len(key) // 4, len(key)), 40):
+        flipped[pos] ^= 1 << rng.randrange(8)
+    garbage = [
+        b"",
+        bytes(rng.randrange(256) for _ in range(3000)),
+        key[: len(key) // 2],
+        bytes(flipped),
+        bytes([(OBU_FRAME << 3) | 0x02]) + leb128_bytes(1 << 50) + bytes(8),  # obu_size far past the end
+        bytes([0x80 | (OBU_FRAME << 3)]) + bytes(32),  # obu_forbidden_bit
+        _huge_still_picture(),
+        tus[3], tus[4],  # delta frames with no reference after the errors
+    ]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # garbage first (before any sequence header), then the stream, garbage, the stream again
+    records = decode(garbage + tus[:6] + garbage + tus[:6])
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+    assert grown_kib < 512 * 1024, grown_kib
+    kinds = "".join(k for k, _ in records)
+    assert kinds.count("K") >= 2, kinds  # a key-frame request after each burst of errors
+    frames = decoded(records)
+    clean = decoded(decode(tus[:6]))
+    assert len(clean) == 6
+    assert frames[-6:] == clean  # decoding is intact again from the key frame on
+    assert len(frames) <= 6 + len(garbage) + 6
 
 
 # ---------------------------------------------------------------------------
@@ -606,5 +799,7 @@ def test_sdk_av1_through_the_sfu_is_decoded(local_sora, sora):
         frames = list(received)
     assert all((w, h) == (320, 240) for w, h, _, _ in frames)
     _assert_colours(frames)
+    inbound = [s for s in json.loads(receiver.get_stats()) if s["type"] == "inbound-rtp" and s["kind"] == "video"]
+    assert [s.get("decoderImplementation") for s in inbound] == ["dav1d"], inbound  # as libwebrtc names it
     sender.disconnect()
     receiver.disconnect()

@@ -54,10 +54,10 @@ needs_gst = pytest.mark.skipif(GST_INSPECT is None, reason="gst-inspect-1.0 is n
 
 _gst_cache = {}
 
-# Registered by the engine shim itself when it starts (csrc/src/av1rtp.c), not
+# Registered by the engine shim itself when it starts (csrc/src/av1rtp.c, dav1ddec.c, aomenc.c), not
 # by a GStreamer plugin, so gst-inspect cannot see them: they exist exactly
 # when the shim loads.
-SHIM_ELEMENTS = {"sorartpav1pay", "sorartpav1depay"}
+SHIM_ELEMENTS = {"sorartpav1pay", "sorartpav1depay", "soradav1dec", "soraav1enc"}
 
 
 def _shim_loads():
@@ -102,7 +102,7 @@ def fake_probe(monkeypatch, present):
 
 # Elements of this machine's software engine (GStreamer 1.22, Debian 12).
 SOFTWARE = {
-    "vp8enc", "vp8dec", "vp9enc", "vp9dec", "av1enc", "av1dec",
+    "vp8enc", "vp8dec", "vp9enc", "vp9dec", "av1enc", "av1dec", "soraav1enc", "soradav1dec",
     "x264enc", "avdec_h264", "x265enc", "avdec_h265", "libde265dec",
     "rtpvp8pay", "rtpvp8depay", "rtpvp9pay", "rtpvp9depay",
     "rtph264pay", "rtph264depay", "rtph265pay", "rtph265depay",
@@ -258,7 +258,7 @@ INTERNAL_ELEMENTS = {
     VType.VP9: (["vp9enc"], ["vp9dec"]),
     VType.H264: (["x264enc"], ["avdec_h264"]),
     VType.H265: (["x265enc"], ["avdec_h265", "libde265dec"]),
-    VType.AV1: (["av1enc"], ["av1dec", "dav1ddec"]),
+    VType.AV1: (["soraav1enc", "av1enc"], ["soradav1dec", "av1dec", "dav1ddec"]),
 }
 
 
@@ -358,7 +358,7 @@ def test_engine_elements_table():
     assert engine_elements(Impl.INTERNAL, VType.VP8) == (("vp8enc",), ("vp8dec",))
     assert engine_elements(Impl.INTERNAL, VType.H264) == (("x264enc",), ("avdec_h264",))
     assert engine_elements(Impl.INTERNAL, VType.H265)[1] == ("avdec_h265", "libde265dec")
-    assert engine_elements(Impl.INTERNAL, VType.AV1)[0] == ("av1enc",)
+    assert engine_elements(Impl.INTERNAL, VType.AV1) == (("soraav1enc", "av1enc"), ("soradav1dec", "av1dec", "dav1ddec"))
     assert "nvh264enc" in engine_elements(Impl.NVIDIA_VIDEO_CODEC_SDK, VType.H264)[0]
     assert engine_elements(Impl.NVIDIA_VIDEO_CODEC_SDK, VType.VP9) == ((), ("nvvp9dec",))
     assert engine_elements(Impl.INTEL_VPL, VType.AV1) == (("qsvav1enc",), ("qsvav1dec",))
@@ -417,7 +417,7 @@ def test_missing_payloader_makes_codec_unavailable(monkeypatch):
 
 
 def test_alternative_decoder_counts(monkeypatch):
-    fake_probe(monkeypatch, (SOFTWARE - {"avdec_h265", "av1dec"}) | {"dav1ddec"})
+    fake_probe(monkeypatch, (SOFTWARE - {"avdec_h265", "av1dec", "soradav1dec"}) | {"dav1ddec"})
     capability = get_video_codec_capability()
     by_type = {c.type: c for c in capability.engines[0].codecs}
     assert by_type[VType.H265].decoder is True  # libde265dec

@@ -25,7 +25,8 @@
  * After a loss it drops everything up to the start of the next coded video sequence (N = 1, or a
  * sequence header) and asks upstream for a key frame (GstForceKeyUnit, which RTCP turns into PLI).
  *
- * The payloader also works around 1.22's av1enc ignoring key-frame requests (see av1enc_key_requests).
+ * The payloader also works around 1.22's av1enc ignoring key-frame requests (see av1enc_key_requests); the engine
+ * itself encodes with the shim's soraav1enc (aomenc.c), which honours them, and decodes with soradav1dec.
  */
 #include <string.h>
 
@@ -729,7 +730,7 @@ void sora_register_av1_elements(void) {
  * returns 0 or a negative sora error code (message in sora_c_last_error()), and on success a g_malloc'd blob
  * (free with sora_c_free) of records:
  *   u8 kind, u32 little-endian length, bytes
- * kind 'E': a temporal unit from av1enc, 'R': an RTP packet from sorartpav1pay (before any drop),
+ * kind 'E': a temporal unit from soraav1enc, 'R': an RTP packet from sorartpav1pay (before any drop),
  * 'X': the index of a dropped RTP packet (u32), 'D': a temporal unit from sorartpav1depay,
  * 'K': a key-frame request from the depayloader reached the encoder (or the source), 'F': a decoded frame
  * (u32 width, u32 height, u32 mean of the first plane). */
@@ -854,21 +855,25 @@ static void hook_probe(GstElement *pipeline, const char *element, const char *pa
   gst_object_unref(e);
 }
 
-/* Run to EOS (or error / timeout); returns SORA_OK or a sora error. */
-static int hook_run(GstElement *pipeline, GstElement *appsrc, const guint8 *packets, gsize packets_len) {
+/* Run to EOS (or error / timeout); returns SORA_OK or a sora error. `packets` (records: u32 little-endian length,
+ * bytes) go to `appsrc`: RTP packets (PTS from the RTP timestamp) or, with `rtp` FALSE, temporal units (30 fps). */
+static int hook_run(GstElement *pipeline, GstElement *appsrc, const guint8 *packets, gsize packets_len, gboolean rtp) {
   if (gst_element_set_state(pipeline, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE)
     return sora_fail(SORA_ERR_ENGINE, "the test pipeline did not start");
   if (appsrc) {
     gsize pos = 0;
+    guint64 index = 0;
     while (pos + 4 <= packets_len) {
       gsize len = packets[pos] | (packets[pos + 1] << 8) | (packets[pos + 2] << 16) | ((gsize)packets[pos + 3] << 24);
       pos += 4;
       if (len > packets_len - pos) break;
-      GstBuffer *buf = gst_buffer_new_memdup(packets + pos, len);
-      GstRTPBuffer rtp = GST_RTP_BUFFER_INIT;
-      if (gst_rtp_buffer_map(buf, GST_MAP_READ, &rtp)) {
-        GST_BUFFER_PTS(buf) = gst_util_uint64_scale(gst_rtp_buffer_get_timestamp(&rtp), GST_SECOND, 90000);
-        gst_rtp_buffer_unmap(&rtp);
+      GstBuffer *buf = len ? gst_buffer_new_memdup(packets + pos, len) : gst_buffer_new();
+      GstRTPBuffer map = GST_RTP_BUFFER_INIT;
+      if (!rtp) {
+        GST_BUFFER_PTS(buf) = gst_util_uint64_scale(index++, GST_SECOND, 30);
+      } else if (gst_rtp_buffer_map(buf, GST_MAP_READ, &map)) {
+        GST_BUFFER_PTS(buf) = gst_util_uint64_scale(gst_rtp_buffer_get_timestamp(&map), GST_SECOND, 90000);
+        gst_rtp_buffer_unmap(&map);
       }
       gst_app_src_push_buffer(GST_APP_SRC(appsrc), buf);
       pos += len;
@@ -914,8 +919,8 @@ SORA_AV1_TEST_HOOK int soratest_av1rtp_roundtrip(const char *pattern, int width,
 SORA_AV1_TEST_HOOK int soratest_av1rtp_depayload(const unsigned char *packets, size_t packets_len, int decode,
                                                  unsigned char **out, size_t *out_len);
 
-/* videotestsrc (`pattern`, moving) -> av1enc -> sorartpav1pay (drops the RTP packets listed in `drop`)
- * -> sorartpav1depay [-> av1dec]. One streaming thread, so the records are in pipeline order. */
+/* videotestsrc (`pattern`, moving) -> soraav1enc -> sorartpav1pay (drops the RTP packets listed in `drop`)
+ * -> sorartpav1depay [-> soradav1dec]. One streaming thread, so the records are in pipeline order. */
 SORA_AV1_TEST_HOOK int soratest_av1rtp_roundtrip(const char *pattern, int width, int height, int frames, int kbps,
                                                  int mtu, int keyframe_max_dist, const int *drop, int ndrop, int decode,
                                                  unsigned char **out, size_t *out_len) {
@@ -924,13 +929,15 @@ SORA_AV1_TEST_HOOK int soratest_av1rtp_roundtrip(const char *pattern, int width,
     return sora_fail(SORA_ERR_INVALID_ARGUMENT, "bad test parameters");
   sora_engine_init();
   sora_register_av1_elements();
+  sora_register_dav1d();
+  sora_register_aomenc();
   gchar *desc = g_strdup_printf(
       "videotestsrc num-buffers=%d pattern=%s horizontal-speed=4 ! "
       "video/x-raw,format=I420,width=%d,height=%d,framerate=15/1 ! "
-      "av1enc name=enc usage-profile=realtime cpu-used=8 threads=1 end-usage=cbr target-bitrate=%d "
-      "min-quantizer=10 max-quantizer=56 keyframe-max-dist=%d lag-in-frames=0 ! "
+      "soraav1enc name=enc cpu-used=10 threads=1 target-bitrate=%d min-quantizer=10 max-quantizer=56 "
+      "keyframe-max-dist=%d ! "
       "sorartpav1pay name=pay mtu=%d pt=45 ! sorartpav1depay name=depay ! %s",
-      frames, pattern, width, height, kbps, keyframe_max_dist, mtu, decode ? "av1dec name=dec ! fakesink" : "fakesink");
+      frames, pattern, width, height, kbps, keyframe_max_dist, mtu, decode ? "soradav1dec name=dec ! fakesink" : "fakesink");
   GError *err = NULL;
   GstElement *pipeline = gst_parse_launch(desc, &err);
   g_free(desc);
@@ -949,21 +956,22 @@ SORA_AV1_TEST_HOOK int soratest_av1rtp_roundtrip(const char *pattern, int width,
   hook_probe(pipeline, "depay", "src", GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_BUFFER_LIST, hook_probe_record,
              'D', &st);
   if (decode) hook_probe(pipeline, "dec", "src", GST_PAD_PROBE_TYPE_BUFFER, hook_probe_decoded, 'F', &st);
-  int rc = hook_run(pipeline, NULL, NULL, 0);
+  int rc = hook_run(pipeline, NULL, NULL, 0, TRUE);
   return hook_finish(rc, &st, pipeline, out, out_len);
 }
 
-/* appsrc (RTP packets given as records: u32 little-endian length, bytes) -> sorartpav1depay [-> av1dec]. */
+/* appsrc (RTP packets given as records: u32 little-endian length, bytes) -> sorartpav1depay [-> soradav1dec]. */
 SORA_AV1_TEST_HOOK int soratest_av1rtp_depayload(const unsigned char *packets, size_t packets_len, int decode,
                                                  unsigned char **out, size_t *out_len) {
   sora_clear_error();
   if (!out || !out_len || (!packets && packets_len)) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "bad test parameters");
   sora_engine_init();
   sora_register_av1_elements();
+  sora_register_dav1d();
   gchar *desc = g_strdup_printf(
       "appsrc name=src format=time caps=application/x-rtp,media=video,clock-rate=90000,encoding-name=AV1,payload=45 ! "
       "sorartpav1depay name=depay ! %s",
-      decode ? "av1dec name=dec ! fakesink" : "fakesink");
+      decode ? "soradav1dec name=dec ! fakesink" : "fakesink");
   GError *err = NULL;
   GstElement *pipeline = gst_parse_launch(desc, &err);
   g_free(desc);
@@ -980,7 +988,45 @@ SORA_AV1_TEST_HOOK int soratest_av1rtp_depayload(const unsigned char *packets, s
   hook_probe(pipeline, "depay", "sink", GST_PAD_PROBE_TYPE_EVENT_UPSTREAM, hook_probe_record, 'K', &st);
   if (decode) hook_probe(pipeline, "dec", "src", GST_PAD_PROBE_TYPE_BUFFER, hook_probe_decoded, 'F', &st);
   GstElement *src = gst_bin_get_by_name(GST_BIN(pipeline), "src");
-  int rc = hook_run(pipeline, src, packets, packets_len);
+  int rc = hook_run(pipeline, src, packets, packets_len, TRUE);
   gst_object_unref(src);
+  return hook_finish(rc, &st, pipeline, out, out_len);
+}
+
+SORA_AV1_TEST_HOOK int soratest_av1_decode(const unsigned char *tus, size_t tus_len, const char *decoder,
+                                           unsigned char **out, size_t *out_len);
+
+/* appsrc (temporal units given as records: u32 little-endian length, bytes; 30 fps) -> `decoder` (soradav1dec when
+ * NULL). Records 'F' for each decoded frame and 'K' for each key-frame request the decoder sends upstream. */
+SORA_AV1_TEST_HOOK int soratest_av1_decode(const unsigned char *tus, size_t tus_len, const char *decoder,
+                                           unsigned char **out, size_t *out_len) {
+  sora_clear_error();
+  if (!out || !out_len || (!tus && tus_len)) return sora_fail(SORA_ERR_INVALID_ARGUMENT, "bad test parameters");
+  sora_engine_init();
+  sora_register_dav1d();
+  GstElement *pipeline = gst_pipeline_new(NULL);
+  GstElement *src = gst_element_factory_make("appsrc", "src");
+  GstElement *dec = gst_element_factory_make(decoder ? decoder : "soradav1dec", "dec");
+  GstElement *sink = gst_element_factory_make("fakesink", NULL);
+  if (!src || !dec || !sink) {
+    GstElement *all[] = {src, dec, sink};
+    for (guint i = 0; i < G_N_ELEMENTS(all); i++)
+      if (all[i]) gst_object_unref(all[i]);
+    gst_object_unref(pipeline);
+    return sora_fail(SORA_ERR_UNSUPPORTED, "cannot make the test pipeline's elements");
+  }
+  GstCaps *caps = gst_caps_from_string("video/x-av1,stream-format=obu-stream,alignment=tu");
+  g_object_set(src, "format", GST_FORMAT_TIME, "caps", caps, NULL);
+  gst_caps_unref(caps);
+  gst_bin_add_many(GST_BIN(pipeline), src, dec, sink, NULL);
+  if (!gst_element_link_many(src, dec, sink, NULL)) {
+    gst_object_unref(pipeline);
+    return sora_fail(SORA_ERR_ENGINE, "cannot link the test pipeline");
+  }
+  hook_state st = {.out = g_byte_array_new()};
+  g_mutex_init(&st.lock);
+  hook_probe(pipeline, "dec", "sink", GST_PAD_PROBE_TYPE_EVENT_UPSTREAM, hook_probe_record, 'K', &st);
+  hook_probe(pipeline, "dec", "src", GST_PAD_PROBE_TYPE_BUFFER, hook_probe_decoded, 'F', &st);
+  int rc = hook_run(pipeline, src, tus, tus_len, FALSE);
   return hook_finish(rc, &st, pipeline, out, out_len);
 }

@@ -545,7 +545,7 @@ static void encoder_kind(bwe_stream *s) {
   if (!strcmp(name, "vp8enc") || !strcmp(name, "vp9enc")) {
     s->prop = "target-bitrate";
     s->unit = 1;
-  } else if (!strcmp(name, "av1enc")) {
+  } else if (!strcmp(name, "av1enc") || !strcmp(name, "soraav1enc")) {
     s->prop = "target-bitrate";
     s->rate_on_stream = TRUE;
   } else if (!strcmp(name, "openh264enc")) {

@@ -269,16 +269,16 @@ int sora_video_encoder_make(const char *codec, const char *element, guint bps, G
     }
     if (*pay) g_object_set(*pay, "config-interval", -1, NULL);
   } else if (g_ascii_strcasecmp(codec, "AV1") == 0) {
-    /* libaom realtime; 4:2:0 (profile 0) input. Explicit quantizer bounds: libaom 3.6 aborts
-     * (rc_pick_q_and_bounds_no_stats_cbr assertion) with CBR and the element's default range. */
-    *enc = sora_make("av1enc", missing);
+    /* libaom realtime CBR through the shim's soraav1enc (aomenc.c: libwebrtc's LibaomAv1Encoder settings and
+     * controls, which GStreamer's av1enc cannot set), at libwebrtc's speed for normal complexity (cpu-used 10);
+     * 4:2:0 (profile 0) input. Explicit quantizer bounds (libwebrtc's 10..56): libaom 3.6 aborts
+     * (rc_pick_q_and_bounds_no_stats_cbr assertion) with CBR and a 0..0 range. */
+    *enc = sora_make("soraav1enc", missing);
     *pay = sora_make("sorartpav1pay", missing);
     if (*enc) {
-      gst_util_set_object_arg(G_OBJECT(*enc), "usage-profile", "realtime");
-      gst_util_set_object_arg(G_OBJECT(*enc), "end-usage", "cbr");
-      g_object_set(*enc, "cpu-used", 8, "threads", 1, "row-mt", FALSE, "lag-in-frames", 0, "target-bitrate", kbps,
-                   "min-quantizer", 10, "max-quantizer", 56, "keyframe-max-dist", 3000, "buf-sz", 1000,
-                   "buf-initial-sz", 500, "buf-optimal-sz", 600, NULL);
+      g_object_set(*enc, "cpu-used", 10u, "threads", 1u, "row-mt", FALSE, "target-bitrate", kbps, "min-quantizer", 10u,
+                   "max-quantizer", 56u, "keyframe-max-dist", 3000u, "buf-sz", 1000u, "buf-initial-sz", 500u,
+                   "buf-optimal-sz", 600u, NULL);
       follow_size(*enc, THREADS_AV1);
     }
   } else {

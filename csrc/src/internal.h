@@ -27,6 +27,10 @@ char *sora_dtls_certificate_public(const char *pem);    /* the certificate alone
 /* ---- AV1 RTP elements (av1rtp.c) ---- */
 /* Registers sorartpav1pay / sorartpav1depay (once; called by the engine start). */
 void sora_register_av1_elements(void);
+/* Registers soradav1dec, the dav1d AV1 decoder (once; dav1ddec.c). */
+void sora_register_dav1d(void);
+/* Registers soraav1enc, the libaom AV1 encoder with libwebrtc's settings (once; aomenc.c). */
+void sora_register_aomenc(void);
 
 /* ---- element helpers (elements.c) ---- */
 /* A new element of `factory`, or NULL with the factory's name appended to the comma-separated `missing`. */

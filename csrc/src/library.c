@@ -29,6 +29,8 @@ static gpointer engine_init_once(gpointer unused) {
     return GINT_TO_POINTER(0);
   }
   sora_register_av1_elements();
+  sora_register_dav1d();
+  sora_register_aomenc();
   sora_register_pacer();
   return GINT_TO_POINTER(1);
 }

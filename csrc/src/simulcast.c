@@ -406,7 +406,7 @@ static int attach_simulcast(sora_peer *peer, sora_video_source *source, int32_t 
   } codecs[] = {{"VP8", "vp8enc", "rtpvp8pay"},
                 {"VP9", "vp9enc", "rtpvp9pay"},
                 {"H264", "x264enc", "rtph264pay"},
-                {"AV1", "av1enc", "sorartpav1pay"}};
+                {"AV1", "soraav1enc", "sorartpav1pay"}};
   gint known = -1;
   for (guint i = 0; i < G_N_ELEMENTS(codecs); i++)
     if (g_ascii_strcasecmp(p->codec, codecs[i].codec) == 0) known = (gint)i;
