@@ -76,15 +76,25 @@ class Context:
             self._leave()
 
     def _enter(self) -> bool:
-        with self._lock:
-            if self._closed:
-                return False
-            self._users += 1
+        if not self._acquire():
+            return False
         self._depth.n = getattr(self._depth, "n", 0) + 1
         return True
 
     def _leave(self) -> None:
         self._depth.n -= 1
+        self._release()
+
+    def _acquire(self) -> bool:
+        """_enter() for a shim call that never calls back into Python (so close() cannot be called on this thread
+        while it runs, and its nesting need not be counted): on_captured()'s hot path."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._users += 1
+        return True
+
+    def _release(self) -> None:
         with self._lock:
             self._users -= 1
             if self._users:

@@ -73,12 +73,12 @@ class SoraVideoSource(SoraTrackInterface):
                 height, width = shape[0], shape[1]
                 self._size = (width, height)
                 context = self._context
-                if context._enter():
+                if context._acquire():
                     try:
                         rc = lib.sora_video_source_push_bgr(self._ptr, ffi.from_buffer(ndarray), width, height,
                                                             width * 3, -1)
                     finally:
-                        context._leave()
+                        context._release()
                     if rc < 0:
                         check(rc, "on_captured")
                     return
