@@ -104,6 +104,9 @@ def encoder_desc(codec: str, kbps: int) -> str:
         return ("x264enc tune=zerolatency speed-preset=ultrafast bitrate=%d key-int-max=3000 threads=1 ! "
                 "video/x-h264,profile=constrained-baseline,stream-format=byte-stream" % kbps)
     if codec == "AV1":
+        # The shim now encodes AV1 with its own soraav1enc (libaom set up as libwebrtc does) and decodes with
+        # soradav1dec (dav1d); both are registered inside the shim, where gst-launch-1.0 cannot see them. The AV1
+        # floor therefore stays GStreamer's own av1enc / av1dec: what the engine offered before, not our codec.
         return ("video/x-raw,format=I420 ! av1enc usage-profile=realtime end-usage=cbr cpu-used=8 threads=1 "
                 "row-mt=false lag-in-frames=0 target-bitrate=%d min-quantizer=10 max-quantizer=56 "
                 "keyframe-max-dist=3000 buf-sz=1000 buf-initial-sz=500 buf-optimal-sz=600" % kbps)
