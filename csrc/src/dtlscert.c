@@ -149,6 +149,14 @@ void sora_dtls_certificate_init(void) {
   X509_free(x509);
   EVP_PKEY_free(key);
   if (cert_pem) make_generated_certificate_cheap();
+  if (cert_pem) {
+    /* GStreamer caches one DTLS agent (OpenSSL context, parsed certificate and key) per "pem" string, only while a
+     * dtlsdec uses it: without this element, holding it for the process, every connect() after the previous call
+     * ended built it again (about 3 ms of each later connect). */
+    static GstElement *keeper;
+    keeper = gst_element_factory_make("dtlsdec", NULL);
+    if (keeper) g_object_set(keeper, "pem", cert_pem, NULL);
+  }
   g_mutex_unlock(&cert_lock);
 }
 
