@@ -149,16 +149,19 @@ static GstPadProbeReturn on_fit_caps(GstPad *pad, GstPadProbeInfo *info, gpointe
   if (filter) {
     GstCaps *size = gst_caps_new_simple("video/x-raw", "width", G_TYPE_INT, fit_side(w, r), "height", G_TYPE_INT,
                                         fit_side(h, r), NULL);
-    /* The output keeps the input's colorimetry: left open, it would default by size (BT.709 from 720p up) and
-     * videobox would convert every pixel's matrix (a copy, and 12 % of a core at 1280x720) instead of passing the
-     * frame through untouched. */
+    /* The output keeps the input's colorimetry where the size's default differs (BT.709 from 720p up): left open,
+     * videobox would convert every pixel's matrix (a copy, and 12 % of a core at 1280x720) and the receiver would
+     * decode the colours with the wrong one. Only then: a fixed colorimetry in the caps of every size made the
+     * caps renegotiation of a simulcast size change fail now and then. */
     GstCaps *in = NULL;
     gst_event_parse_caps(GST_PAD_PROBE_INFO_EVENT(info), &in);
-    const GstStructure *ins = gst_caps_get_structure(in, 0);
-    for (guint i = 0; i < 2; i++) {
-      const char *field = i ? "chroma-site" : "colorimetry";
-      const GValue *v = gst_structure_get_value(ins, field);
-      if (v) gst_caps_set_value(size, field, v);
+    const char *colorimetry = gst_structure_get_string(gst_caps_get_structure(in, 0), "colorimetry");
+    GstVideoColorimetry given;
+    if (colorimetry && gst_video_colorimetry_from_string(&given, colorimetry)) {
+      GstVideoInfo fitted;
+      gst_video_info_set_format(&fitted, GST_VIDEO_FORMAT_I420, (guint)fit_side(w, r), (guint)fit_side(h, r));
+      if (!gst_video_colorimetry_is_equal(&given, &fitted.colorimetry))
+        gst_caps_set_simple(size, "colorimetry", G_TYPE_STRING, colorimetry, NULL);
     }
     g_object_set(filter, "caps", size, NULL);
     gst_caps_unref(size);
