@@ -37,6 +37,7 @@ log = logging.getLogger("sora_sdk.testing")
 
 ROLES = ("sendonly", "recvonly", "sendrecv")
 DC_DIRECTIONS = ("sendonly", "recvonly", "sendrecv")
+RELAY_PENDING_MAX = 1000  # `#` messages kept per label for a client whose channel is still opening here
 
 # Close codes of the local server (real Sora's exact codes for these cases are
 # not documented; clients treat every code other than 1000 as an error).
@@ -143,6 +144,10 @@ class Session:
         self._peer: Optional[Peer] = None
         self._dc_ids: Dict[str, int] = {}
         self._dc_open: set = set()
+        # `#` messages relayed to this client before its channel finished opening on our side (the client may see
+        # its end open, and another client send, before the acknowledgement reaches us): sent in order on open
+        self._relay_pending: Dict[str, list] = {}
+        self._relay_ready: set = set()  # `#` labels open here with nothing left pending
         self._switched = False
         self._ws_open = True
         self._attached = False
@@ -729,18 +734,39 @@ class Session:
     def deliver_user_message(self, label: str, payload: bytes, sender_id: str) -> bool:
         """Send a relayed `#label` message to this client (sender header and compression per its spec)."""
         spec = self.user_channels.get(label)
-        with self._lock:
-            if spec is None or self._ending or label not in self._dc_open:
-                return False
-            channel_id = self._dc_ids[label]
+        if spec is None:
+            return False
         header = spec.get("header")
         if isinstance(header, list) and any(isinstance(h, dict) and h.get("type") == "sender_connection_id"
                                             for h in header):
             payload = sender_id.encode("ascii") + payload
         if spec.get("compress") is True:
             payload = zlib.compress(payload)
+        with self._lock:
+            if self._ending or label not in self._dc_ids:
+                return False
+            if label not in self._relay_ready:
+                pending = self._relay_pending.setdefault(label, [])
+                if len(pending) >= RELAY_PENDING_MAX:
+                    return False
+                pending.append(payload)
+                return True
+            channel_id = self._dc_ids[label]
         return self._peer_call("relay on " + label,
                                lambda peer: peer.send_data(channel_id, payload, True) or True, False)
+
+    def _flush_relay(self, label: str, channel_id: int) -> None:
+        """Send what was relayed to `label` before it opened here, in order, then let later messages go straight."""
+        while True:
+            with self._lock:
+                pending = self._relay_pending.pop(label, [])
+                if not pending:
+                    if label in self._dc_open and not self._ending:
+                        self._relay_ready.add(label)
+                    return
+            for payload in pending:
+                self._peer_call("relay on " + label,
+                                lambda peer, payload=payload: peer.send_data(channel_id, payload, True) or True, False)
 
     # ------------------------------------------------------------- engine events
     def _on_peer_event(self, event) -> None:
@@ -778,6 +804,8 @@ class Session:
             self._dc_ids[label] = event.i0
             self._dc_open.add(label)
             self._dc_cond.notify_all()
+        if label.startswith("#"):
+            self._flush_relay(label, event.i0)
         self._maybe_switch()
 
     def _on_dc_close(self, event) -> None:
@@ -786,6 +814,8 @@ class Session:
             if self._dc_ids.get(label) != event.i0:
                 return
             self._dc_open.discard(label)
+            self._relay_ready.discard(label)
+            self._relay_pending.pop(label, None)
             self._dc_cond.notify_all()
             lost_signaling = label == "signaling" and self._switched and not self._ending
         if lost_signaling:
