@@ -97,17 +97,9 @@ class SoraVideoSource(SoraTrackInterface):
             if self._black is None or self._black.shape != frame.shape:
                 self._black = np.zeros_like(frame)
             frame = self._black
-        context = self._context
-        if not context._enter():
-            from ..errors import SoraInvalidState
-
-            raise SoraInvalidState("the Sora instance is closed")
-        try:
-            rc = lib.sora_video_source_push_bgr(self._ptr, _rows(frame), width, height, frame.strides[0], ts_us)
-        finally:
-            context._leave()
-        if rc < 0:
-            check(rc, "on_captured")
+        with self._context.use():
+            check(lib.sora_video_source_push_bgr(self._ptr, _rows(frame), width, height, frame.strides[0],
+                                                 ts_us), "on_captured")
 
     async def capture(self, ndarray, timestamp: Union[float, int, None] = None) -> None:
         """on_captured() on a worker thread, for coroutines that must not spend the conversion's time on their
