@@ -184,7 +184,9 @@ def test_official_simulcast_sends_three_layers(env, codec):
         stats = client.request("stats")["stats"]
         return {s.get("rid"): s for s in rtp(stats, "video") if s.get("framesEncoded", 0) > 0}
 
-    assert wait_until(lambda: sorted(layers()) == ["r0", "r1", "r2"], 20, 0.5), (layers(), client.describe())
+    # (the top layer starts once libwebrtc's estimate covers it: from its 300 kbit/s start that took up to 20 s
+    # when the machine was busy with the rest of the suite, and more than 20 s in one run)
+    assert wait_until(lambda: sorted(layers()) == ["r0", "r1", "r2"], 60, 0.5), (layers(), client.describe())
     got = layers()
     widths = [got[rid].get("frameWidth") for rid in ("r0", "r1", "r2")]
     assert widths[0] < widths[1] < widths[2], got
@@ -256,8 +258,10 @@ def test_official_simulcast_layer_sizes(env, size):
     width, height = size
     env.server.auth_hook = lambda message: {"simulcast_encodings": LAYER_ENCODINGS}
     channel = "parity-layers-%d" % width
+    # MAINTAIN_RESOLUTION: libwebrtc's CPU-overuse adaptation would scale every layer down on a busy machine (1280x720
+    # failed so in a CI run beside the rest of the suite); the sizes it encodes before any adaptation are the table.
     client = env.official("sendonly", channel, send={"width": width, "height": height}, video_codec_type="VP8",
-                          simulcast=True, video_bit_rate=1600)
+                          simulcast=True, video_bit_rate=1600, degradation_preference="MAINTAIN_RESOLUTION")
     client.connected()
 
     def layers():
@@ -265,9 +269,11 @@ def test_official_simulcast_layer_sizes(env, size):
         return {s.get("rid"): (s.get("frameWidth"), s.get("frameHeight")) for s in rtp(stats, "video")
                 if s.get("framesEncoded", 0) > 0 and s.get("frameWidth")}
 
-    assert wait_until(lambda: sorted(layers()) == ["r0", "r1", "r2"], 20, 0.5), (layers(), client.describe())
-    # (libwebrtc may start a layer smaller while its estimate ramps up, or scale it down on a busy machine;
-    # the sizes of its steady state are what ours must match)
+    # (the top layer starts once libwebrtc's estimate covers it: from its 300 kbit/s start that took up to 20 s
+    # when the machine was busy with the rest of the suite, and more than 20 s in one run)
+    assert wait_until(lambda: sorted(layers()) == ["r0", "r1", "r2"], 60, 0.5), (layers(), client.describe())
+    # (libwebrtc may start a layer smaller while its estimate ramps up; the sizes of its steady state are what
+    # ours must match)
     wait_until(lambda: layers() == LIBWEBRTC_LAYER_SIZES[size], 15, 0.5)
     got = layers()
     print("[measured] official simulcast layers of %dx%d: %s" % (width, height, got))

@@ -3,7 +3,8 @@
     python official_client.py '<config JSON>'
 
 Config keys: ``url``, ``connection`` (keyword arguments of
-``Sora.create_connection`` other than the sources), ``send`` (optional:
+``Sora.create_connection`` other than the sources; ``degradation_preference``
+as a member name of ``SoraDegradationPreference``), ``send`` (optional:
 ``{"width", "height", "fps", "colours": [[b,g,r],[b,g,r]], "tone", "audio", "video", "noise"}``
 -- feed a ``SoraVideoSource`` / ``SoraAudioSource`` with numpy frames; ``"noise": n`` adds fresh
 random noise of +-n to every picture, like a camera's, so that the encoder spends every bit it is
@@ -155,6 +156,8 @@ class Client:
         self.disconnected = threading.Event()
         send = config.get("send")
         kwargs = dict(config.get("connection") or {})
+        if isinstance(kwargs.get("degradation_preference"), str):  # JSON carries the enum's member name
+            kwargs["degradation_preference"] = sora_sdk.SoraDegradationPreference[kwargs["degradation_preference"]]
         if send is not None:
             if send.get("video", True):
                 self.video_source = self.sora.create_video_source()
