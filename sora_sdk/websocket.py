@@ -677,7 +677,11 @@ class WebSocket:
 # --------------------------------------------------------------------------
 
 def _open_tcp(host: str, port: int, deadline: Optional[float]) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=_remaining(deadline))
+    # An ASCII host goes as bytes: for a str, getaddrinfo encodes with the "idna" codec, whose first use imports
+    # encodings.idna, stringprep and unicodedata (2 ms of a process's first connect). For ASCII names the codec
+    # changes nothing; a name that is not ASCII still goes through it.
+    address = host.encode("ascii") if host.isascii() else host
+    sock = socket.create_connection((address, port), timeout=_remaining(deadline))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 

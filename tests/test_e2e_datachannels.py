@@ -104,3 +104,58 @@ def test_send_data_channel_argument_errors(local_sora, sora):
     a.disconnect()
     with pytest.raises(sora_sdk.SoraInvalidState):
         a.send_data_channel("#chat", b"late")
+
+
+def test_bulk_16_kib_messages_arrive_whole_and_in_order(local_sora, sora):
+    """Far more than SCTP's send buffer in flight (256 x 16 KiB), so the sender keeps finding it full and retrying
+    (csrc/src/sctpwake.c shortens each wait): every message arrives once, in order, byte for byte."""
+    import threading
+
+    a, ra = _client(sora, local_sora, "dc-bulk")
+    received, cond = [], threading.Condition()
+
+    def on_message(label, data):
+        with cond:
+            received.append(bytes(data))
+            cond.notify_all()
+    b, rb = _client(sora, local_sora, "dc-bulk")
+    b.on_message = on_message
+    assert wait_until(lambda: ("#chat",) in ra.of("data_channel") and ("#chat",) in rb.of("data_channel"))
+    count, size, window = 1200, 16384, 256
+
+    def message(i):
+        return i.to_bytes(4, "big") + bytes([i % 251]) * (size - 4)
+    for i in range(count):
+        with cond:
+            assert cond.wait_for(lambda: i - len(received) < window, 30), (i, len(received))
+        assert a.send_data_channel("#chat", message(i)) is True
+    with cond:
+        assert cond.wait_for(lambda: len(received) >= count, 60), len(received)
+    assert len(received) == count
+    for i, data in enumerate(received):
+        assert data == message(i), (i, data[:8])
+    b.disconnect()
+    a.disconnect()
+
+
+SCTP_PROBE = "import sora_sdk, time; time.sleep(1.5)"  # (the import's warm-up loads the sctp plugin)
+
+
+@pytest.mark.parametrize("sleep, slots", [(None, "1 slot(s)"), ("1", "0 slot(s)")])
+def test_the_sctp_plugins_full_buffer_wait_is_redirected(sleep, slots):
+    """Where the sctp plugin sleeps on a full send buffer, its one call to g_cond_wait_until goes to the shim's
+    capped wait (on Debian 12 and 13); SORA_SDK_SCTP_SLEEP=1 leaves the plugin alone."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GST_DEBUG="default:5", GST_DEBUG_NO_COLOR="1",
+               PYTHONPATH=os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH")] if p))
+    env.pop("SORA_SDK_SCTP_SLEEP", None)
+    env.pop("SORA_SDK_NO_WARM_UP", None)
+    if sleep:
+        env["SORA_SDK_SCTP_SLEEP"] = sleep
+    out = subprocess.run([sys.executable, "-c", SCTP_PROBE], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if "sctp send-buffer wake-up" in line]
+    assert len(lines) == 1 and slots in lines[0], lines or out.stderr[-2000:]

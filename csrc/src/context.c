@@ -129,6 +129,7 @@ static gpointer warm_main(gpointer data) {
     GstElement *element = gst_element_factory_make(names[i], NULL);
     if (element) gst_object_unref(gst_object_ref_sink(element));
   }
+  sora_sctp_wake_install();
   return NULL;
 }
 

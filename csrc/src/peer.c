@@ -679,6 +679,7 @@ SORA_C_API int sora_peer_create(sora_context *ctx, const sora_peer_config *confi
   if (ctx->stopping) return sora_fail(SORA_ERR_INVALID_STATE, "context is being destroyed");
   sora_peer_config cfg = {0};
   if (config) cfg = *config;
+  sora_sctp_wake_install(); /* (before any data channel of the process sends) */
   GstElement *webrtc = gst_element_factory_make("webrtcbin", NULL);
   if (!webrtc) return sora_fail(SORA_ERR_ENGINE, "cannot create webrtcbin");
   sora_peer *peer = g_new0(sora_peer, 1);
