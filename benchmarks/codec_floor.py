@@ -96,9 +96,8 @@ def encoder_desc(codec: str, kbps: int) -> str:
         vp8 = codec == "VP8"
         speed = -6 if vp8 else (7 if libvpx_version() >= 0x010d00 else 8)
         return ("%s deadline=1 cpu-used=%d threads=1 lag-in-frames=0 end-usage=cbr target-bitrate=%d "
-                "keyframe-max-dist=3000 error-resilient=%s undershoot=95 buffer-size=1000 buffer-initial-size=500 "
+                "keyframe-max-dist=3000 error-resilient=0 undershoot=95 buffer-size=1000 buffer-initial-size=500 "
                 "buffer-optimal-size=600%s" % ("vp8enc" if vp8 else "vp9enc", speed, kbps * 1000,
-                                                "default" if vp8 else "0",
                                                 "" if vp8 else " tile-columns=0 row-mt=true frame-parallel-decoding=false"))
     if codec == "H264":
         return ("x264enc tune=zerolatency speed-preset=ultrafast bitrate=%d key-int-max=3000 threads=1 ! "
