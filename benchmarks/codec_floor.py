@@ -94,7 +94,7 @@ def encoder_desc(codec: str, kbps: int) -> str:
     """The encoder as csrc/src/peer.c (impl_sora_peer_attach_video_source) sets it up, as gst-launch text."""
     if codec in ("VP8", "VP9"):
         vp8 = codec == "VP8"
-        speed = -6 if vp8 else (7 if libvpx_version() >= 0x010d00 else 8)
+        speed = -6 if vp8 else (7 if libvpx_version() >= 0x010d00 else 9)
         return ("%s deadline=1 cpu-used=%d threads=1 lag-in-frames=0 end-usage=cbr target-bitrate=%d "
                 "keyframe-max-dist=3000 error-resilient=0 undershoot=95 buffer-size=1000 buffer-initial-size=500 "
                 "buffer-optimal-size=600%s" % ("vp8enc" if vp8 else "vp9enc", speed, kbps * 1000,

@@ -224,13 +224,16 @@ int sora_video_encoder_make(const char *codec, const char *element, guint bps, G
     *enc = sora_make(vp8 ? "vp8enc" : "vp9enc", missing);
     *pay = sora_make(vp8 ? "rtpvp8pay" : "rtpvp9pay", missing);
     if (*enc) {
-      /* Speed as libwebrtc sets it. VP8: -6, a fixed speed 6 (a positive cpu-used in real-time mode makes libvpx
-       * pick its own speed to fill half of each frame's time: 1.5x the CPU at 640x480). VP9: 7, with the real-time
-       * speed-ups of libvpx 1.13 and later (libwebrtc builds a recent one); Debian 12's 1.12 spends about as much
-       * at 8 (its 7 costs 35 % more CPU at 640x480 than its 8). Error-resilient mode off for both, as libwebrtc
-       * without temporal layers (losses are repaired by NACK / RTX and key-frame requests): for VP8 it cost about
-       * 5 % more encoder CPU at 640x480 for the same bitrate and picture quality. */
-      gint speed = vp8 ? -6 : (sora_libvpx_version() >= 0x010d00 ? 7 : 8);
+      /* Speed. VP8: -6 as libwebrtc, a fixed speed 6 (a positive cpu-used in real-time mode makes libvpx pick its
+       * own speed to fill half of each frame's time: 1.5x the CPU at 640x480). VP9: libwebrtc's 7 with the real-time
+       * speed-ups of libvpx 1.13 and later (libwebrtc builds a recent one). Debian 12's libvpx 1.12 is measured
+       * instead (encoder CPU and Y PSNR of a panned photograph, 240 frames, 944 kbit/s CBR): 7 1.52 s 48.75 dB,
+       * 8 1.19 s 49.27 dB, 9 0.81 s 49.44 dB at 640x480; 9 at 1280x720 took 1.72 s against 8's 3.08 s for 44.31
+       * against 43.57 dB, and at 300 kbit/s kept or raised PSNR too (a moving zone plate: -0.2 dB). So 9 there.
+       * Error-resilient mode off for both, as libwebrtc without temporal layers (losses are repaired by NACK / RTX and
+       * key-frame requests): for VP8 it cost about 5 % more encoder CPU at 640x480 for the same bitrate and picture
+       * quality. */
+      gint speed = vp8 ? -6 : (sora_libvpx_version() >= 0x010d00 ? 7 : 9);
       g_object_set(*enc, "deadline", (gint64)1, "cpu-used", speed, "threads", 1, "lag-in-frames", 0,
                    "end-usage", 1 /* cbr */, "target-bitrate", (gint)bps, "keyframe-max-dist", 3000,
                    "error-resilient", 0, "undershoot", 95, "buffer-size", 1000, "buffer-initial-size", 500,
