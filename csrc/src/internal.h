@@ -24,10 +24,9 @@ void sora_dtls_certificate_apply(GstElement *element); /* from the peer's deep-e
 void sora_dtls_certificate_fix_sdp(GstSDPMessage *sdp);  /* a local description, before it is set */
 char *sora_dtls_certificate_public(const char *pem);    /* the certificate alone, without the key */
 
-/* sctpwake.c: the sctp plugin's 100 ms sleep on a full send buffer capped at 2 ms (once; after the plugin is
- * known to the registry). sora_sctp_wake_slots: how many call slots were redirected (0: none, or not yet). */
+/* sctpwake.c: the sctp plugin's 100 ms sleep on a full send buffer capped at 2 ms (once per process; says how many
+ * call slots it redirected in a GST_DEBUG line). */
 void sora_sctp_wake_install(void);
-int sora_sctp_wake_slots(void);
 
 /* ---- AV1 RTP elements (av1rtp.c) ---- */
 /* Registers sorartpav1pay / sorartpav1depay (once; called by the engine start). */

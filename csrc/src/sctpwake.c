@@ -108,14 +108,6 @@ static int patch_object(struct dl_phdr_info *info, size_t size, void *data) {
 
 static GMutex wake_lock;
 static gboolean wake_done;
-static int wake_slots;
-
-int sora_sctp_wake_slots(void) {
-  g_mutex_lock(&wake_lock);
-  int n = wake_slots;
-  g_mutex_unlock(&wake_lock);
-  return n;
-}
 
 void sora_sctp_wake_install(void) {
   g_mutex_lock(&wake_lock);
@@ -128,7 +120,6 @@ void sora_sctp_wake_install(void) {
 #ifdef SLOT_JUMP
     if (ctx.path) dl_iterate_phdr(patch_object, &ctx);
 #endif
-    wake_slots = ctx.patched;
     GST_DEBUG("sctp send-buffer wake-up: %d slot(s) of %s", ctx.patched, ctx.path ? ctx.path : "(no sctp plugin)");
     if (loaded) gst_object_unref(loaded);
     if (plugin) gst_object_unref(plugin);
