@@ -258,8 +258,8 @@ def test_official_simulcast_layer_sizes(env, size):
     width, height = size
     env.server.auth_hook = lambda message: {"simulcast_encodings": LAYER_ENCODINGS}
     channel = "parity-layers-%d" % width
-    # MAINTAIN_RESOLUTION: libwebrtc's CPU-overuse adaptation would scale every layer down on a busy machine (1280x720
-    # failed so in a CI run beside the rest of the suite); the sizes it encodes before any adaptation are the table.
+    # MAINTAIN_RESOLUTION: libwebrtc's CPU-overuse adaptation may scale every layer down on a busy machine; the sizes it
+    # encodes without that adaptation are the table.
     client = env.official("sendonly", channel, send={"width": width, "height": height}, video_codec_type="VP8",
                           simulcast=True, video_bit_rate=1600, degradation_preference="MAINTAIN_RESOLUTION")
     client.connected()
