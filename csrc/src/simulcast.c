@@ -177,8 +177,11 @@ typedef struct {
   GstPad *layers_src; /* our rtpfunnel's src pad (owned reference) */
   guint ssrcs[MAX_LAYERS];
   gint n;
-  GQuark mark; /* set on the engine funnels that already carry this route's probe */
 } key_route;
+
+/* On each engine funnel: the list (GSList) of routes whose probe it already carries. One quark for all routes,
+ * so that making connections does not grow GLib's quark table. */
+static GQuark routes_mark(void) { return g_quark_from_static_string("sora-simulcast-routes"); }
 
 static void route_unref(gpointer data) {
   key_route *r = data;
@@ -212,8 +215,11 @@ static GstPadProbeReturn on_engine_funnel_event(GstPad *pad, GstPadProbeInfo *in
 static void route_watch(GstElement *element, key_route *r) {
   GstElementFactory *f = gst_element_get_factory(element);
   if (!f || g_strcmp0(GST_OBJECT_NAME(f), "rtpfunnel") != 0) return;
-  if (g_object_get_qdata(G_OBJECT(element), r->mark)) return;
-  g_object_set_qdata(G_OBJECT(element), r->mark, r);
+  GSList *routes = g_object_steal_qdata(G_OBJECT(element), routes_mark());
+  gboolean seen = g_slist_find(routes, r) != NULL;
+  if (!seen) routes = g_slist_prepend(routes, r);
+  g_object_set_qdata_full(G_OBJECT(element), routes_mark(), routes, (GDestroyNotify)g_slist_free);
+  if (seen) return;
   GstPad *src = gst_element_get_static_pad(element, "src");
   if (!src) return;
   g_atomic_int_inc(&r->refs);
@@ -236,9 +242,6 @@ static void route_key_frames(GstElement *webrtc, GstElement *layers_funnel, cons
   r->layers_src = gst_element_get_static_pad(layers_funnel, "src");
   memcpy(r->ssrcs, ssrcs, sizeof(guint) * (gsize)n);
   r->n = n;
-  char key[48];
-  g_snprintf(key, sizeof key, "sora-simulcast-route-%p", (void *)r);
-  r->mark = g_quark_from_string(key);
   g_signal_connect_data(webrtc, "deep-element-added", G_CALLBACK(on_engine_element_added), r,
                         route_closure_unref, 0);
   GstIterator *it = gst_bin_iterate_recurse(GST_BIN(webrtc));

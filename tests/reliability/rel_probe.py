@@ -38,6 +38,36 @@ def rss_kb(trim: bool = True) -> int:
     return 0
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+_mallinfo2 = getattr(_libc, "mallinfo2", None) if _libc is not None else None  # glibc 2.33 and later
+if _mallinfo2 is not None:
+    _mallinfo2.restype = _MallInfo2
+    _mallinfo2.argtypes = []
+
+
+def heap_in_use_kb() -> int:
+    """What malloc holds for live allocations (every arena plus mmapped blocks) in KiB; 0 where glibc cannot say.
+    Unlike RSS it does not count freed memory the allocator keeps, so it moves only with what is really held."""
+    if _mallinfo2 is None:
+        return 0
+    info = _mallinfo2()
+    return (info.uordblks + info.hblkhd) // 1024
+
+
+def floor_growth(values: List[float], window: int = 3) -> float:
+    """Growth of the lowest of the last `window` values over the lowest of the first `window`. A leak lifts every
+    sample; freed memory that glibc's arenas keep for a while (malloc_trim cannot give back a heap whose top is
+    still in use) lifts only some, by up to ~10 MiB each, and the minimum sees past those."""
+    window = max(1, min(window, len(values) // 2))
+    first, last = min(values[:window]), min(values[-window:])
+    return (last - first) / first
+
+
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
