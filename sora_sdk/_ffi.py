@@ -58,6 +58,35 @@ def _load():
 
 _shim, ffi, lib = _load()
 
+# Every C type the package names in a string (ffi.new('x *'), ffi.cast('y', ...)), parsed here once at import.
+# PyPy's cffi parses such a string into one buffer shared by the whole process, with the GIL released, and caches
+# the result under the string for good: two threads parsing two new strings at once can each get the other's type
+# (seen: ffi.new("sora_peer_config *") answered with 'struct sora_peer *' while a client and the local server made
+# peers at the same moment, and every later peer of that process failed). Parsed at import, the strings are only
+# ever looked up afterwards. tests/test_ffi_types.py checks that this list names every string in the package.
+C_TYPES = (
+    "char **", "char[]", "int16_t *", "int32_t *", "uint8_t *", "const uint8_t *", "uint32_t *", "uint64_t *",
+    "void *", "sora_audio_source **", "sora_callbacks *", "sora_codec_params *", "sora_context **",
+    "sora_data_channel_init *", "sora_encoded_frame_info *", "sora_forward **", "sora_peer **",
+    "sora_peer_config *", "sora_simulcast_encoding[]", "sora_sink **", "sora_sink_config *", "sora_transform **",
+    "sora_video_source **",
+)
+
+
+def _plain(cname: str) -> str:
+    return cname.replace("struct ", "").replace("const ", "").replace(" ", "")
+
+
+def _parse_types() -> None:
+    for name in C_TYPES:
+        ctype = ffi.typeof(name)
+        if _plain(ffi.getctype(ctype)) != _plain(name):
+            raise ImportError("cffi parsed the C type %r as %r (another thread parsing at the same moment?)"
+                              % (name, ffi.getctype(ctype)))
+
+
+_parse_types()
+
 
 def last_error() -> str:
     return ffi.string(lib.sora_c_last_error()).decode("utf-8", "replace")

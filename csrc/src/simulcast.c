@@ -182,6 +182,7 @@ typedef struct {
 /* On each engine funnel: the list (GSList) of routes whose probe it already carries. One quark for all routes,
  * so that making connections does not grow GLib's quark table. */
 static GQuark routes_mark(void) { return g_quark_from_static_string("sora-simulcast-routes"); }
+static GMutex routes_lock; /* the list is read and replaced from the caller's thread and the engine's */
 
 static void route_unref(gpointer data) {
   key_route *r = data;
@@ -215,10 +216,12 @@ static GstPadProbeReturn on_engine_funnel_event(GstPad *pad, GstPadProbeInfo *in
 static void route_watch(GstElement *element, key_route *r) {
   GstElementFactory *f = gst_element_get_factory(element);
   if (!f || g_strcmp0(GST_OBJECT_NAME(f), "rtpfunnel") != 0) return;
+  g_mutex_lock(&routes_lock);
   GSList *routes = g_object_steal_qdata(G_OBJECT(element), routes_mark());
   gboolean seen = g_slist_find(routes, r) != NULL;
   if (!seen) routes = g_slist_prepend(routes, r);
   g_object_set_qdata_full(G_OBJECT(element), routes_mark(), routes, (GDestroyNotify)g_slist_free);
+  g_mutex_unlock(&routes_lock);
   if (seen) return;
   GstPad *src = gst_element_get_static_pad(element, "src");
   if (!src) return;
