@@ -58,7 +58,7 @@ def _load():
 
 _shim, ffi, lib = _load()
 
-# Every C type the package names in a string (ffi.new('x *'), ffi.cast('y', ...)), parsed here once at import.
+# Every C type the package names in a string (the type argument of ffi's new, cast, ...), parsed here once at import.
 # PyPy's cffi parses such a string into one buffer shared by the whole process, with the GIL released, and caches
 # the result under the string for good: two threads parsing two new strings at once can each get the other's type
 # (seen: ffi.new("sora_peer_config *") answered with 'struct sora_peer *' while a client and the local server made

@@ -13,14 +13,15 @@ from pathlib import Path
 from sora_sdk._ffi import C_TYPES
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sora_sdk"
-TYPE_STRING = re.compile(r'ffi\.(?:new|cast|typeof|sizeof|alignof|offsetof|from_buffer|unpack|callback)\(\s*"([^"]+)"')
+TYPE_STRING = re.compile(
+    r"""ffi\.(?:new|cast|typeof|sizeof|alignof|offsetof|from_buffer|unpack|callback)\(\s*(["'])(.+?)\1""")
 
 
 def strings_in_package() -> dict:
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         for match in TYPE_STRING.finditer(path.read_text(encoding="utf-8")):
-            found.setdefault(match.group(1), path.relative_to(PACKAGE.parent).as_posix())
+            found.setdefault(match.group(2), path.relative_to(PACKAGE.parent).as_posix())
     return found
 
 

@@ -38,9 +38,9 @@ CYCLES = int(os.environ.get("LIFECYCLE_CYCLES", "300"))
 # cycles 50-100 and then stayed at 92-96 MiB up to cycle 300 (a settled sample every 25 cycles), while malloc's
 # live bytes stayed within 16.6-17.0 MiB throughout. The warm-up ends after that.
 WARMUP = min(100, max(CYCLES // 3, 1))
-HEAP_LIMIT = 0.05
 SEQUENCES = int(os.environ.get("LIFECYCLE_SEQUENCES", "1000"))
 RSS_LIMIT = 0.05
+HEAP_LIMIT = 0.05
 SAMPLE_EVERY = 25
 W, H = 160, 120
 
@@ -165,8 +165,7 @@ def run_official_cycles() -> dict:
     def measure(cycles: int) -> dict:
         # the last cycles' connections end in the background: wait for their on_disconnect, then their teardown
         settle(lambda: (gc.collect() or True) and sum(v for k, v in counts.items() if k != "received") >= cycles, 30)
-        time.sleep(1.0)
-        gc.collect()
+        time.sleep(1.0)  # rss_kb() then collects garbage and trims the heap
         return {"cycle": cycles, "rss": rss_kb(), "heap": heap_in_use_kb(), "tasks": task_count(), "fds": fd_count()}
 
     started = time.monotonic()
